@@ -1,0 +1,150 @@
+"""Structured config schemas.
+
+Every Hydra group is backed by one of these dataclasses, registered in the ConfigStore, so an unknown
+or mistyped key fails when the config is composed, before any data is read or any model built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = "wikitext-2"
+    # Hugging Face `wikitext` config used when `dir` is not given.
+    hub_config: str = "wikitext-2-v1"
+    # Local folder with train.txt/valid.txt/test.txt or wiki.{train,valid,test}.tokens.
+    dir: Optional[str] = None
+    tokenizer: str = "word"  # word | sentencepiece
+    vocab_size: int = 8000  # sentencepiece only
+    # Where tokenizer models are cached when the data folder is not writable (default ~/.cache/dynlm).
+    cache_dir: Optional[str] = None
+    batch_size: int = 20
+    bptt: int = 70
+    # Evaluation reads the split as one stream, `eval_bptt` tokens at a time.
+    eval_bptt: int = 256
+
+
+@dataclass
+class ModelConfig:
+    name: str = "awd_lstm"
+    emb_size: int = 400
+    hidden_size: int = 1150
+    num_layers: int = 3
+    dropout: float = 0.4  # output (locked)
+    dropouth: float = 0.25  # between LSTM layers (locked)
+    dropouti: float = 0.4  # input embeddings (locked)
+    dropoute: float = 0.1  # embedding rows
+    wdrop: float = 0.5  # DropConnect on hidden-to-hidden weights
+    alpha: float = 2.0  # AR
+    beta: float = 1.0  # TAR
+    init_range: float = 0.1
+
+
+@dataclass
+class OptimConfig:
+    name: str = "ntasgd"  # ntasgd | adam
+    lr: float = 30.0
+    weight_decay: float = 1.2e-6
+    # NT-ASGD: switch to averaging when valid loss has not improved on the best of the evaluations
+    # more than `nonmono` evaluations ago.
+    nonmono: int = 5
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam only
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: Optional[int] = None
+    max_epochs: Optional[int] = None
+    max_time: Optional[float] = None  # seconds of training (evaluation excluded)
+    eval_interval: int = 1000  # steps between validations (also at the end)
+    log_interval: int = 50
+    clip: float = 0.25
+    seed: int = 1111
+    # false | true (continue from <run dir>/checkpoints/last.pt) | path to a checkpoint
+    resume: Any = False
+    progress_bar: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Stop cleanly (keeping last.pt) after this many steps of this process: used to test resume.
+    stop_after_steps: Optional[int] = None
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "dynlm"
+    entity: Optional[str] = None
+    run_name: Optional[str] = None
+    mode: Optional[str] = None  # online | offline | disabled (default: WANDB_MODE or online)
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MetaConfig:
+    """Stage 2 (`stage=meta`) and the adaptive evaluation rules (`meta=gated` | `meta=dyneval`)."""
+
+    name: str = "gated"  # gated (learned, φ) | dyneval (Krause's fixed-gate rule)
+    lm_checkpoint: Optional[str] = None  # stage-1 checkpoint to start from (required for stage=meta)
+    # Which parameters are dynamic (medium-term memory): fnmatch patterns over named_parameters().
+    dynamic: List[str] = field(default_factory=lambda: ["layers.*"])
+    seg_len: int = 5  # L: tokens per segment (one update per segment)
+    window: int = 4  # K: segments per truncated meta-BPTT window
+    batch_size: int = 4  # B: parallel article streams, each with its own dynamic weights
+    # Krause et al. (2017) dynamic evaluation: the fixed rule, and the gated rule's initialisation.
+    lr: float = 0.002  # η
+    lam: float = 0.02  # λ (decay toward the static weights)
+    eps: float = 0.001  # ε in g / (sqrt(v) + ε)
+    update_gate_init: float = 0.5  # the UPDATE gate at initialisation; α starts at η / this
+    hidden: int = 16  # width of the coordinate-wise MLP
+    tensor_emb: int = 4  # size of the learned embedding of the tensor a coordinate belongs to
+    momentum: bool = False  # per-coordinate momentum state (Titans-style)
+    momentum_init: float = 0.5
+    meta_lr: float = 0.001  # Adam on φ
+    meta_clip: float = 1.0
+    train_static: bool = False  # also refine θ0 under the EWC penalty
+    static_lr: float = 0.0001
+    ewc: float = 0.0  # λ_EWC for Σ F_i (θ0_i − θ0*_i)²
+    checkpoint_segments: bool = True
+    second_order: bool = False
+    gradstat_tokens: int = 200000  # training tokens used to measure the mean squared gradients v
+    split: str = "train"  # articles read during meta-training
+    valid_articles: int = 2  # quick adaptive validation (first N valid articles) at every eval
+
+
+@dataclass
+class Config:
+    stage: str = "lm"  # lm | meta
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="optim", name="base_optim", node=OptimConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    cs.store(group="meta", name="base_meta", node=MetaConfig)
+
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainerConfig",
+    "LoggerConfig",
+    "MetaConfig",
+    "register_configs",
+    "MISSING",
+]

@@ -1,0 +1,59 @@
+"""The explicit reading state of B streams: short-term (h, c), medium-term fast weights, learner state."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Mapping
+
+from torch import Tensor
+
+from ..model import LMState, detach_state
+from .fast_weights import FastWeights, per_stream, reset_streams, zero_rows
+
+
+@dataclass
+class ReadingState:
+    lm: LMState  # per layer (h [B, H], c [B, H])
+    fast: FastWeights  # name -> [B, *shape]
+    learner: Dict[str, Tensor] = field(default_factory=dict)  # per-coordinate learner state, [B, *shape]
+
+    @property
+    def batch_size(self) -> int:
+        return self.lm[0][0].shape[0]
+
+    def detach(self) -> "ReadingState":
+        """Truncation point of meta-BPTT: nothing before here receives gradient."""
+        return ReadingState(
+            detach_state(self.lm),
+            {n: t.detach() for n, t in self.fast.items()},
+            {n: t.detach() for n, t in self.learner.items()},
+        )
+
+    def reset(self, mask: Tensor, theta0: Mapping[str, Tensor]) -> "ReadingState":
+        """Streams where `mask [B]` is True restart: zero (h, c), θ0 weights, zero learner state."""
+        if not bool(mask.any()):
+            return self
+        lm = [(zero_rows(h, mask), zero_rows(c, mask)) for h, c in self.lm]
+        learner = {n: zero_rows(t, mask) for n, t in self.learner.items()}
+        return ReadingState(lm, reset_streams(self.fast, theta0, mask), learner)
+
+    def to_cpu(self) -> dict:
+        return {
+            "lm": [(h.detach().cpu(), c.detach().cpu()) for h, c in self.lm],
+            "fast": {n: t.detach().cpu().contiguous() for n, t in self.fast.items()},
+            "learner": {n: t.detach().cpu() for n, t in self.learner.items()},
+        }
+
+    @staticmethod
+    def from_dict(d: dict, device) -> "ReadingState":
+        return ReadingState(
+            [(h.to(device), c.to(device)) for h, c in d["lm"]],
+            {n: t.to(device) for n, t in d["fast"].items()},
+            {n: t.to(device) for n, t in d["learner"].items()},
+        )
+
+
+def fresh_state(model, theta0: Mapping[str, Tensor], batch_size: int, learner_state: Dict[str, Tensor]) -> ReadingState:
+    return ReadingState(model.init_state(batch_size), per_stream(theta0, batch_size), learner_state)
+
+
+__all__ = ["ReadingState", "fresh_state"]

@@ -1,0 +1,7 @@
+from .awd_lstm import AWDLSTM, LMOutput, LMState, activation_regularization, build_model, detach_state, token_nll
+from .lstm import lstm_layer, lstm_layer_loop
+
+__all__ = [
+    "AWDLSTM", "LMOutput", "LMState", "activation_regularization", "build_model", "detach_state",
+    "token_nll", "lstm_layer", "lstm_layer_loop",
+]

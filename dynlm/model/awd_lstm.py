@@ -1,0 +1,162 @@
+"""AWD-LSTM (Merity et al. 2017) with tied input/output embeddings.
+
+The module owns parameters; the maths lives in pure functions (`lstm.py`, `dropout.py`). Every LSTM
+weight is a plain `Parameter` read through `lstm_layer`, so `torch.func.functional_call(model, fast, ...)`
+can swap in dynamic weights (shared `[out, in]` or per-stream `[B, out, in]`) without touching the static
+ones. The decoder reads the embedding's own tensor: one parameter, one name (`embedding.weight`).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, NamedTuple, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .dropout import drop_connect, embedding_row_mask, locked_dropout
+from .lstm import State, lstm_layer
+
+LMState = List[State]
+
+
+class LMOutput(NamedTuple):
+    logits: Tensor  # [T, B, V]
+    state: LMState  # per layer (h, c)
+    last_raw: Tensor  # last layer's output before output dropout [T, B, E] (for TAR)
+    last_dropped: Tensor  # after output dropout (for AR)
+
+
+class LSTMWeights(nn.Module):
+    """The four tensors of one LSTM layer, named like `nn.LSTM`'s (without the `_l0` suffix)."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
+        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
+        bound = 1.0 / math.sqrt(hidden_size)  # nn.LSTM's initialisation
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+
+def embed(tokens: Tensor, weight: Tensor) -> Tensor:
+    """Look up `tokens [T, B]` in a shared `[V, E]` or per-stream `[B, V, E]` table."""
+    if weight.dim() == 2:
+        return F.embedding(tokens, weight)
+    streams = torch.arange(tokens.shape[1], device=tokens.device)
+    return weight[streams.unsqueeze(0), tokens]
+
+
+def decode(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Tied decoder: `h [T, B, E]` against the embedding table -> logits `[T, B, V]`."""
+    if weight.dim() == 2:
+        return F.linear(h, weight, bias)
+    logits = torch.einsum("tbe,bve->tbv", h, weight)
+    return logits + (bias.unsqueeze(0) if bias.dim() == 2 else bias)
+
+
+class AWDLSTM(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_size: int = 400,
+        hidden_size: int = 1150,
+        num_layers: int = 3,
+        dropout: float = 0.4,
+        dropouth: float = 0.25,
+        dropouti: float = 0.4,
+        dropoute: float = 0.1,
+        wdrop: float = 0.5,
+        init_range: float = 0.1,
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.emb_size = emb_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout, self.dropouth, self.dropouti, self.dropoute, self.wdrop = (
+            dropout, dropouth, dropouti, dropoute, wdrop,
+        )
+        # No padding_idx: WikiText has no padding, and a -1 index would alias the last word.
+        self.embedding = nn.Embedding(vocab_size, emb_size)
+        nn.init.uniform_(self.embedding.weight, -init_range, init_range)
+        sizes = [emb_size] + [hidden_size] * (num_layers - 1) + [emb_size]
+        self.layers = nn.ModuleList(LSTMWeights(sizes[l], sizes[l + 1]) for l in range(num_layers))
+        self.decoder_bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def layer_sizes(self) -> List[int]:
+        return [layer.weight_hh.shape[-1] for layer in self.layers]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> LMState:
+        ref = self.embedding.weight
+        return [
+            (
+                torch.zeros(batch_size, h, device=device or ref.device, dtype=dtype or ref.dtype),
+                torch.zeros(batch_size, h, device=device or ref.device, dtype=dtype or ref.dtype),
+            )
+            for h in self.layer_sizes()
+        ]
+
+    def forward(self, tokens: Tensor, state: LMState) -> LMOutput:
+        """Read `tokens [T, B]` from `state`; dropout is on in `train()` mode only."""
+        training = self.training
+        table = self.embedding.weight
+        x = embed(tokens, table)
+        if training and self.dropoute > 0:
+            rows = embedding_row_mask(self.vocab_size, self.dropoute, table)
+            x = x * rows[tokens]
+        x = locked_dropout(x, self.dropouti, training)
+        new_state: LMState = []
+        for l, layer in enumerate(self.layers):
+            w_hh = drop_connect(layer.weight_hh, self.wdrop, training)
+            x, s = lstm_layer(x, state[l], layer.weight_ih, w_hh, layer.bias_ih, layer.bias_hh)
+            new_state.append(s)
+            if l < self.num_layers - 1:
+                x = locked_dropout(x, self.dropouth, training)
+        raw = x
+        dropped = locked_dropout(raw, self.dropout, training)
+        logits = decode(dropped, table, self.decoder_bias)
+        return LMOutput(logits, new_state, raw, dropped)
+
+
+def detach_state(state: LMState) -> LMState:
+    return [(h.detach(), c.detach()) for h, c in state]
+
+
+def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-token negative log-likelihood `[T, B]` (nats)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none").view_as(targets)
+
+
+def activation_regularization(dropped: Tensor, raw: Tensor, alpha: float, beta: float) -> Tensor:
+    """AR (penalise large outputs) + TAR (penalise fast-changing outputs), AWD-LSTM's form."""
+    loss = dropped.new_zeros(())
+    if alpha:
+        loss = loss + alpha * dropped.pow(2).mean()
+    if beta:
+        loss = loss + beta * (raw[1:] - raw[:-1]).pow(2).mean()
+    return loss
+
+
+def build_model(cfg, vocab_size: int) -> AWDLSTM:
+    """Model from a `ModelConfig`."""
+    return AWDLSTM(
+        vocab_size,
+        emb_size=cfg.emb_size,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        dropout=cfg.dropout,
+        dropouth=cfg.dropouth,
+        dropouti=cfg.dropouti,
+        dropoute=cfg.dropoute,
+        wdrop=cfg.wdrop,
+        init_range=cfg.init_range,
+    )
+
+
+__all__: Tuple[str, ...] = (
+    "AWDLSTM", "LMOutput", "LMState", "build_model", "detach_state", "token_nll",
+    "activation_regularization", "embed", "decode",
+)

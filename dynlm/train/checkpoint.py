@@ -1,0 +1,92 @@
+"""Checkpoints: plain dicts of tensors, numbers, strings and a JSON-able config, never pickled modules.
+
+Written atomically (temporary file in the same folder, fsync, rename) so a kill at any moment leaves
+either the previous checkpoint or the new one, never a torn file. Loaded with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping
+
+import torch
+
+FORMAT = "dynlm-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not match the model or data."""
+
+
+def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {path}. Pass the path of a .pt file written by scripts/train.py "
+            "(e.g. runs/.../checkpoints/best.pt)."
+        )
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to a user
+        raise CheckpointError(f"could not read checkpoint {path}: {e}. Is it a dynlm checkpoint?") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dynlm checkpoint (expected format {FORMAT!r}).")
+    return ckpt
+
+
+def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load a state dict, turning a size or name mismatch into one readable error."""
+    own = dict(model.named_parameters())
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    wrong = [
+        f"{n}: {tuple(weights[n].shape)} in {source} vs {tuple(p.shape)} in the model"
+        for n, p in own.items()
+        if n in weights and weights[n].shape != p.shape
+    ]
+    if missing or unexpected or wrong:
+        lines = []
+        if missing:
+            lines.append(f"missing: {missing}")
+        if unexpected:
+            lines.append(f"unexpected: {unexpected}")
+        lines += wrong
+        raise CheckpointError(
+            f"the {source} does not match the model built from the config ("
+            + "; ".join(lines)
+            + "). Use the model/data config the checkpoint was trained with (it is stored in the checkpoint)."
+        )
+    with torch.no_grad():
+        for n, p in own.items():
+            p.copy_(weights[n])
+
+
+def capture_rng() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

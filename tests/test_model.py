@@ -1,0 +1,97 @@
+"""The AWD-LSTM and its functional LSTM."""
+import pytest
+import torch
+from torch.func import functional_call
+
+from dynlm.model import AWDLSTM, lstm_layer, lstm_layer_loop, token_nll
+from dynlm.model.dropout import drop_connect, locked_dropout
+
+
+def _nn_lstm(i=5, h=6, seed=0):
+    torch.manual_seed(seed)
+    ref = torch.nn.LSTM(i, h)
+    w = (ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0)
+    return ref, w
+
+
+@pytest.mark.parametrize("impl", [lstm_layer, lstm_layer_loop])
+def test_functional_lstm_equals_nn_lstm(impl):
+    ref, w = _nn_lstm()
+    x, h, c = torch.randn(9, 3, 5), torch.randn(3, 6), torch.randn(3, 6)
+    out_ref, (h_ref, c_ref) = ref(x, (h[None], c[None]))
+    out, (h1, c1) = impl(x, (h, c), *w)
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(h1, h_ref[0])
+    torch.testing.assert_close(c1, c_ref[0])
+    # and the gradients w.r.t. the weights agree
+    g_ref = torch.autograd.grad(out_ref.square().sum(), w)
+    g = torch.autograd.grad(impl(x, (h, c), *w)[0].square().sum(), w)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_per_stream_weights_equal_shared_when_identical_and_differ_when_not():
+    _, w = _nn_lstm()
+    b = 4
+    x, h, c = torch.randn(7, b, 5), torch.zeros(b, 6), torch.zeros(b, 6)
+    shared, _ = lstm_layer(x, (h, c), *w)
+    per = [t.detach().unsqueeze(0).repeat(b, *([1] * t.dim())) for t in w]
+    out, _ = lstm_layer(x, (h, c), *per)
+    torch.testing.assert_close(out, shared)
+    per[1][2] += 0.5  # change stream 2's recurrent matrix only
+    out2, _ = lstm_layer(x, (h, c), *per)
+    torch.testing.assert_close(out2[:, [0, 1, 3]], shared[:, [0, 1, 3]])
+    assert not torch.allclose(out2[:, 2], shared[:, 2])
+
+
+def test_tied_embedding_is_one_parameter_and_padding_idx_is_not_minus_one():
+    m = AWDLSTM(50, 8, 12, 2)
+    names = [n for n, _ in m.named_parameters()]
+    assert names.count("embedding.weight") == 1
+    assert not any("decoder.weight" in n for n in names)
+    assert m.embedding.padding_idx is None
+    # the decoder reads the embedding: a change to it moves the logits even for an unseen input token
+    m.eval()
+    x = torch.zeros(3, 1, dtype=torch.long)
+    base = m(x, m.init_state(1)).logits
+    w = dict(m.named_parameters())["embedding.weight"].detach().clone()
+    w[7] += 1.0
+    moved = functional_call(m, {"embedding.weight": w}, (x, m.init_state(1))).logits
+    assert not torch.allclose(moved[..., 7], base[..., 7])
+    torch.testing.assert_close(moved[..., 3], base[..., 3])
+
+
+def test_per_stream_embedding_changes_both_ends():
+    torch.manual_seed(0)
+    m = AWDLSTM(30, 8, 12, 2).eval()
+    x = torch.tensor([[5, 5], [1, 1], [2, 2]])
+    table = m.embedding.weight.detach()
+    fast = table.unsqueeze(0).repeat(2, 1, 1)
+    base = functional_call(m, {"embedding.weight": fast}, (x, m.init_state(2))).logits
+    torch.testing.assert_close(base[:, 0], base[:, 1])
+    fast2 = fast.clone()
+    fast2[1, 5] += 0.5  # stream 1's row for token 5: its input at t=0 and its output logit for 5
+    out = functional_call(m, {"embedding.weight": fast2}, (x, m.init_state(2))).logits
+    torch.testing.assert_close(out[:, 0], base[:, 0])
+    assert not torch.allclose(out[1:, 1, 0], base[1:, 1, 0])  # input end: later hidden states moved
+    assert not torch.allclose(out[0, 1, 5] - out[0, 1, 0], base[0, 1, 5] - base[0, 1, 0])  # output end
+
+
+def test_dropout_is_off_in_eval_and_locked_over_time():
+    x = torch.ones(6, 3, 4)
+    torch.manual_seed(0)
+    y = locked_dropout(x, 0.5, True)
+    assert torch.equal(y[0], y[5])  # the same mask at every time step
+    assert torch.equal(locked_dropout(x, 0.5, False), x)
+    w = torch.ones(2, 8, 4)
+    d = drop_connect(w, 0.5, True)
+    assert torch.equal(d[0], d[1]) and (d == 0).any()
+
+
+def test_static_weights_untouched_by_forward_and_no_data_writes():
+    m = AWDLSTM(40, 8, 12, 2).train()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    out = m(torch.randint(0, 40, (5, 2)), m.init_state(2))
+    token_nll(out.logits, torch.randint(0, 40, (5, 2))).mean().backward()
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]), n
