@@ -113,6 +113,7 @@ class MetaConfig:
     gradstat_tokens: int = 200000  # training tokens used to measure the mean squared gradients v
     split: str = "train"  # articles read during meta-training
     valid_articles: int = 2  # quick adaptive validation (first N valid articles) at every eval
+    valid_max_tokens: Optional[int] = None  # and at most this many tokens of them
 
 
 @dataclass

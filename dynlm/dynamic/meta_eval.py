@@ -13,6 +13,8 @@ def quick_adaptive_valid(model, learner, stats, names, corpus, cfg) -> Dict[str,
     split = corpus.splits["valid"]
     n_art = min(cfg.meta.valid_articles, split.num_articles)
     end = int(split.article_starts[n_art]) if n_art < split.num_articles else split.ids.numel()
+    if cfg.meta.valid_max_tokens is not None:
+        end = min(end, cfg.meta.valid_max_tokens)
     ids = split.ids[:end]
     eos, seg = corpus.tokenizer.eos_id, cfg.meta.seg_len
     device = next(model.parameters()).device

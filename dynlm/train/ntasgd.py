@@ -27,9 +27,9 @@ class WeightAverager:
 
     def should_trigger(self, valid_loss: float) -> bool:
         """Non-monotone trigger, then record the loss."""
-        h = self.history
-        trigger = len(h) > self.nonmono and valid_loss > min(h[: -self.nonmono])
-        h.append(valid_loss)
+        past = self.history[: max(len(self.history) - self.nonmono, 0)]
+        trigger = bool(past) and valid_loss > min(past)
+        self.history.append(valid_loss)
         return trigger and not self.active
 
     def start(self, model: nn.Module) -> None:

@@ -1,0 +1,34 @@
+"""Data: WikiText-style corpora as token streams with article metadata, batching, meta-training streams."""
+from .articles import article_line_starts, title_lines
+from .batching import batchify, get_batch, sample_seq_len
+from .corpus import Corpus, load_corpus
+from .errors import DataError
+from .meta_streams import MetaBatch, MetaStreams, deal_articles
+from .sentencepiece_tokenizer import SentencePieceTokenizer
+from .sources import SPLITS
+from .split import Split, build_split
+from .tokenizer import EOS, Tokenizer, tokenizer_from_state_dict
+from .vocab import UNK, WordVocab
+
+__all__ = [
+    "Corpus",
+    "DataError",
+    "EOS",
+    "MetaBatch",
+    "MetaStreams",
+    "SPLITS",
+    "SentencePieceTokenizer",
+    "Split",
+    "Tokenizer",
+    "UNK",
+    "WordVocab",
+    "article_line_starts",
+    "batchify",
+    "build_split",
+    "deal_articles",
+    "get_batch",
+    "load_corpus",
+    "sample_seq_len",
+    "title_lines",
+    "tokenizer_from_state_dict",
+]

@@ -1,0 +1,29 @@
+"""Compose the real Hydra configs (conf/) the way scripts/train.py does, for tests that call train()."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from dynlm.config import register_configs
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def tiny_lm_overrides(data_dir, **extra) -> list:
+    """A tiny stage-1 run: seconds on a CPU."""
+    base = {
+        "model": "tiny", "data.dir": str(data_dir), "data.batch_size": 4, "data.bptt": 20, "data.eval_bptt": 64,
+        "trainer.max_epochs": "null", "trainer.max_steps": 12, "trainer.eval_interval": 6,
+        "trainer.log_interval": 3, "trainer.progress_bar": "false", "trainer.device": "cpu", "optim.lr": 20,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

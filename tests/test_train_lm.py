@@ -1,0 +1,95 @@
+"""Stage 1: the run folder, validation, NT-ASGD, exact resume, clear failures."""
+import json
+import math
+
+import pytest
+import torch
+
+from dynlm.train import train
+from dynlm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dynlm.train.ntasgd import WeightAverager
+
+from hydra_helpers import compose_config, tiny_lm_overrides
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_writes_the_run_folder(wikitext2_slice_dir, tmp_path):
+    run = tmp_path / "run"
+    result = train(compose_config(tiny_lm_overrides(wikitext2_slice_dir)), run)
+    for f in ["config.yaml", "config.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"]:
+        assert (run / f).is_file(), f
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    recs = _records(run)
+    valid = [r for r in recs if "valid/ppl" in r]
+    train_recs = [r for r in recs if "train/loss" in r]
+    assert [r["step"] for r in valid] == [6, 12]
+    assert all(math.isfinite(r["train/loss"]) and r["train/tokens_per_s"] > 0 for r in train_recs)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["progress"]["step"] == 12 and ckpt["stage"] == "lm"
+    assert ckpt["config"]["model"]["name"] == "tiny"
+    vocab = ckpt["model"]["embedding.weight"].shape[0]
+    assert valid[-1]["valid/ppl"] < vocab / 4  # well below a uniform guess
+    assert result["valid/ppl"] == pytest.approx(valid[-1]["valid/ppl"])
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(wikitext2_slice_dir, tmp_path):
+    over = tiny_lm_overrides(wikitext2_slice_dir, **{"optim.nonmono": 0, "trainer.eval_interval": 4})
+    full = tmp_path / "full"
+    train(compose_config(over), full)
+    split = tmp_path / "split"
+    stopped = train(compose_config(over + ["trainer.stop_after_steps=5"]), split)
+    assert stopped["stopped"] == 1.0
+    assert load_checkpoint(split / "checkpoints" / "last.pt")["progress"]["step"] == 5
+    train(compose_config(over + ["trainer.resume=true"]), split)
+    a = load_checkpoint(full / "checkpoints" / "last.pt")
+    b = load_checkpoint(split / "checkpoints" / "last.pt")
+    assert a["progress"]["step"] == b["progress"]["step"] == 12
+    for key in ["train_weights", "model"]:
+        for n in a[key]:
+            torch.testing.assert_close(a[key][n], b[key][n], rtol=0, atol=0, msg=f"{key}/{n}")
+    assert (a["averager"]["average"] is None) == (b["averager"]["average"] is None)
+
+
+def test_resume_true_without_a_checkpoint_says_what_to_do(wikitext2_slice_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="hydra.run.dir"):
+        train(compose_config(tiny_lm_overrides(wikitext2_slice_dir, **{"trainer.resume": "true"})), tmp_path / "r")
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(wikitext2_slice_dir, tmp_path):
+    run = tmp_path / "run"
+    over = tiny_lm_overrides(wikitext2_slice_dir)
+    train(compose_config(over + ["trainer.max_steps=6"]), run)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        train(compose_config(over + ["trainer.resume=true", "optim.lr=1e30", "trainer.clip=0"]), run)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_checkpoint_errors_are_readable(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="could not read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a dynlm checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    save_checkpoint({"x": torch.ones(2)}, tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt")["x"].sum() == 2
+
+
+def test_non_monotone_trigger_and_running_average():
+    avg = WeightAverager(nonmono=2)
+    assert [avg.should_trigger(x) for x in [5.0, 4.0, 3.0, 3.5, 4.5]] == [False, False, False, False, True]
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    avg.start(model)
+    for v in [2.0, 3.0]:
+        with torch.no_grad():
+            model.weight.fill_(v)
+        avg.update(model)
+    torch.testing.assert_close(avg.average["weight"], torch.full((1, 2), 2.0))
