@@ -71,6 +71,10 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Stop cleanly (keeping last.pt) after this many steps of this process: used to test resume.
     stop_after_steps: Optional[int] = None
+    # torchrun runs: process-group backend, null = nccl with GPUs, gloo without.
+    dist_backend: Optional[str] = None
+    # Fault injection (tests of elastic restart): the last rank raises at this step on the first attempt.
+    fail_at_step: Optional[int] = None
 
 
 @dataclass

@@ -6,6 +6,7 @@ run and a `torchrun` run share one code path.
 from __future__ import annotations
 
 import os
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -46,3 +47,128 @@ def barrier() -> None:
 
 def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+# --- process group ------------------------------------------------------------------------------------------
+
+
+def default_backend() -> str:
+    """NCCL when there is a GPU, gloo otherwise (CPU runs, tests)."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(backend: Optional[str] = None) -> bool:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...).
+
+    Returns True when this call created the group (the caller then calls `destroy()` at the end), False when
+    there is nothing to do: not launched by torchrun, or a group already exists.
+    """
+    if is_distributed() or not launched_by_torchrun():
+        return False
+    backend = backend or default_backend()
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise RuntimeError("trainer.dist_backend=nccl needs CUDA GPUs; use trainer.dist_backend=gloo on CPUs")
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # before the group: NCCL binds to this device
+    store = _attempt_store()
+    if store is None:
+        dist.init_process_group(backend=backend)
+    else:
+        dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]))
+    return True
+
+
+def _attempt_store():
+    """torchrun's agent keeps one TCP store for the whole job, across restarts, and workers join it without a
+    per-attempt prefix: a restarted attempt would read the failed attempt's keys (the dead ranks' gloo/NCCL
+    addresses: "Connection refused") and fail. Each attempt gets its own key prefix instead."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from torch.distributed.constants import default_pg_timeout
+
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                           int(os.environ["WORLD_SIZE"]), is_master=False, timeout=default_pg_timeout)
+    return dist.PrefixStore(f"dynlm/attempt_{restart_count()}/", client)
+
+
+def destroy() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this job (0 on the first attempt and outside torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def inject_failure(fail_at_step: Optional[int], step: int) -> None:
+    """Fault injection for the elastic-restart test (`trainer.fail_at_step`): the last rank dies at that step,
+    on the first attempt only, so the restarted job can finish."""
+    if fail_at_step is not None and step == fail_at_step and restart_count() == 0 and rank() == world_size() - 1:
+        raise RuntimeError(f"injected failure on rank {rank()} at step {step} (trainer.fail_at_step)")
+
+
+# --- collectives (no-ops on one process) ---------------------------------------------------------------------
+
+
+def _comm_device() -> torch.device:
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def broadcast_float(x: float, src: int = 0) -> float:
+    """Rank `src`'s value on every rank: decisions that must agree (stop on time, best checkpoint)."""
+    if not is_distributed():
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=_comm_device())
+    dist.broadcast(t, src)
+    return float(t.item())
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def sum_floats(*values: float) -> List[float]:
+    """Sums over ranks of a few Python numbers, in one all-reduce (float64)."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    all_reduce_sum(t)
+    return t.tolist()
+
+
+def gather_objects(obj: Any) -> Optional[List[Any]]:
+    """Every rank's `obj`, in rank order, on rank 0 (None on the others)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def gather_streams(t: torch.Tensor) -> Optional[torch.Tensor]:
+    """Per-stream rows `[b, ...]` of every rank -> the global `[B, ...]` on rank 0 (CPU), None elsewhere.
+
+    Streams are strided over ranks (global stream j is row j // world of rank j % world), so the result is
+    in global stream order whatever the number of ranks: a checkpoint saved by W ranks resumes on W' ranks.
+    """
+    t = t.detach().contiguous()
+    if not is_distributed():
+        return t.cpu()
+    parts = [torch.empty_like(t) for _ in range(world_size())] if is_main() else None
+    dist.gather(t, parts, dst=0)
+    if not is_main():
+        return None
+    return torch.stack([p.cpu() for p in parts], dim=1).reshape(-1, *t.shape[1:])
+
+
+def shard_streams(t: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of a global per-stream tensor `[B, ...]` (the inverse of `gather_streams`)."""
+    return t[rank() :: world_size()].contiguous()

@@ -18,11 +18,13 @@ from tqdm import tqdm
 
 from .. import dist
 from ..data import MetaStreams, load_corpus
-from ..train.checkpoint import capture_rng, load_checkpoint, load_weights, restore_rng, save_checkpoint
+from ..train.checkpoint import capture_rng, load_checkpoint, load_weights, save_checkpoint
 from ..train.lm_checkpoint import check_data_matches, load_lm
 from ..train.logger import RunLogger
 from ..train.progress import Progress, budget_exhausted
-from ..train.setup import config_dict, resume_path, save_resolved_config, seed_everything, select_device
+from ..train.setup import (
+    config_dict, restore_rank_rng, resume_path, save_resolved_config, seed_everything, seed_rank, select_device,
+)
 from .adapt import adapt_segment
 from ..model import detach_state, token_nll
 from .fast_weights import finite_streams, select_dynamic, static_weights, zero_rows
@@ -71,10 +73,11 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
         stats = GradStats.from_state_dict(lm_ckpt["grad_stats"], device)
     else:
         dist.print0(f"measuring gradient statistics on {mc.gradstat_tokens} {mc.split} tokens ...")
-        stats = measure_grad_stats(model, names, streams, mc.gradstat_tokens)
+        stats = _measure_global_grad_stats(model, names, streams, mc.gradstat_tokens)
     stats.check_covers(names)
 
     learner = build_rule(cfg.meta, names, stats).to(device)
+    seed_rank(cfg.trainer.seed)  # φ is the same on every rank (same seed); dropout masks differ per rank
     anchor = {n: p.detach().clone() for n, p in model.named_parameters()}  # θ0*, the stage-1 weights
     for p in model.parameters():
         p.requires_grad_(bool(mc.train_static))
@@ -85,17 +88,23 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
 
     progress = Progress()
     theta0 = static_weights(model, names)
-    state = fresh_state(model, theta0, streams.num_local_streams, learner.init_learner_state(theta0))
+    # learner state `[1, *shape]` (broadcast over streams, like eval/adaptive.py): a bare `[*shape]` breaks resets
+    state = fresh_state(model, theta0, streams.num_local_streams,
+                        learner.init_learner_state({n: t.unsqueeze(0) for n, t in theta0.items()}))
     if resumed is not None:
         load_weights(model, resumed["model"], source=f"checkpoint {ckpt_path}")
         learner.load_state_dict(resumed["meta_learner"])
         optimizer.load_state_dict(resumed["meta_optimizer"])
         anchor = {n: t.to(device) for n, t in resumed["anchor"].items()}
         progress = Progress(**resumed["progress"])
-        restore_rng(resumed["rng"])
-        saved = ReadingState.from_dict(resumed["reading_state"], device)
-        if saved.batch_size == streams.num_local_streams:
-            state = saved
+        restore_rank_rng(resumed, cfg.trainer.seed, progress.step)
+        # Saved in global stream order (gathered from every rank): any number of ranks takes its own rows.
+        saved = ReadingState.from_dict(resumed["reading_state"], "cpu")
+        if saved.batch_size == streams.num_streams:
+            state = ReadingState.from_dict(_map_tensors(resumed["reading_state"], dist.shard_streams), device)
+        else:
+            dist.print0(f"the checkpoint's reading state has {saved.batch_size} streams, not meta.batch_size="
+                        f"{streams.num_streams}: streams restart from θ0")
         dist.print0(f"resumed from {ckpt_path} at step {progress.step}")
 
     save_resolved_config(cfg, run_dir)
@@ -105,6 +114,10 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
                desc="meta", dynamic_ncols=True)
 
     def checkpoint(name: str) -> None:
+        # Collectives first, on every rank: per-stream states in global stream order, every rank's RNG.
+        reading_state = _map_tensors(_state_dict(state), dist.gather_streams)
+        static_all = [(dist.gather_streams(h), dist.gather_streams(c)) for h, c in static_lm]
+        rng_ranks = dist.gather_objects(capture_rng())
         if not dist.is_main():
             return
         payload = {
@@ -119,16 +132,18 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
             "meta_learner": {k: v.cpu() for k, v in learner.state_dict().items()},
             "meta_optimizer": optimizer.state_dict(),
             "progress": progress.__dict__,
-            "rng": capture_rng(),
-            "reading_state": state.to_cpu(),
-            "static_lm": [(h.cpu(), c.cpu()) for h, c in static_lm],
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
+            "reading_state": reading_state,
+            "static_lm": static_all,
         }
         save_checkpoint(payload, run_dir / "checkpoints" / name)
 
     def validate() -> float:
-        metrics = quick_adaptive_valid(model, learner, stats, names, corpus, cfg)
+        metrics = quick_adaptive_valid(model, learner, stats, names, corpus, cfg, logger=logger, step=progress.step)
         logger.log(metrics, progress.step)
-        loss = metrics["valid/meta/loss"]
+        # Every rank evaluates the same articles with the same weights; rank 0's loss decides for all.
+        loss = dist.broadcast_float(metrics["valid/meta/loss"])
         if loss < progress.best_valid_loss:
             progress.best_valid_loss = loss
             checkpoint("best.pt")
@@ -137,8 +152,9 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
 
     static_lm = model.init_state(streams.num_local_streams)
     if resumed is not None and resumed.get("static_lm") is not None \
-            and resumed["static_lm"][0][0].shape[0] == streams.num_local_streams:
-        static_lm = [(h.to(device), c.to(device)) for h, c in resumed["static_lm"]]
+            and resumed["static_lm"][0][0].shape[0] == streams.num_streams:
+        static_lm = [(dist.shard_streams(h).to(device), dist.shard_streams(c).to(device))
+                     for h, c in resumed["static_lm"]]
     steps_this_session = 0
     started = time.time() - progress.elapsed
     window_start = time.time()
@@ -146,6 +162,7 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
     model.train()
     try:
         while not budget_exhausted(tc, progress):
+            dist.inject_failure(tc.fail_at_step, progress.step)
             if on_window is not None:
                 state = on_window(state, progress.step)
             theta0 = static_weights(model, names)
@@ -174,16 +191,22 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
             total.backward()
             params = [p for g in optimizer.param_groups for p in g["params"]]
             _sync_grads(params)
-            grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+            grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)  # same on all ranks
             streams_ok = finite_streams(state.fast) & torch.isfinite(per_stream.detach())
+            # One all-reduce for the decision (every rank skips or steps together) and the logged means.
+            finite_meta = per_stream.detach()[streams_ok]
+            n_bad, meta_sum, meta_count, static_sum = dist.sum_floats(
+                int((~streams_ok).sum()), float(finite_meta.sum()), finite_meta.numel(),
+                float(torch.stack(static_losses).mean()),
+            )
             skipped = 0
-            if grads_ok and bool(streams_ok.all()):
+            if grads_ok and n_bad == 0:
                 torch.nn.utils.clip_grad_norm_(params, mc.meta_clip)
                 optimizer.step()
             else:
-                skipped = int((~streams_ok).sum()) or 1
+                skipped = int(n_bad) or 1
                 dist.print0(f"step {progress.step}: non-finite meta-gradient or weights; update skipped, "
-                            f"{int((~streams_ok).sum())} stream(s) reset to θ0")
+                            f"{int(n_bad)} stream(s) reset to θ0")
             state = state.detach().reset(~streams_ok, static_weights(model, names)) if skipped else state.detach()
 
             progress.step += 1
@@ -191,10 +214,9 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
             n_tok = mc.window * x.numel() * dist.world_size()
             progress.tokens += n_tok
             progress.epoch = progress.position // max(streams.segments_per_epoch, 1)
-            progress.elapsed = time.time() - started
-            static_mean = torch.stack(static_losses).mean()
-            finite_meta = per_stream.detach()[streams_ok]
-            meta_value = float(finite_meta.mean()) if finite_meta.numel() else math.nan
+            progress.elapsed = dist.broadcast_float(time.time() - started)  # rank 0's clock: stop together
+            static_mean = torch.tensor(static_sum / dist.world_size())
+            meta_value = meta_sum / meta_count if meta_count else math.nan
             if progress.step % tc.log_interval == 0 or skipped or budget_exhausted(tc, progress):
                 dt = max(time.time() - window_start, 1e-9)
                 metrics = {
@@ -225,6 +247,39 @@ def _static_loss(model, x, y, lm_state, new_article):
     lm_state = [(zero_rows(h, new_article), zero_rows(c, new_article)) for h, c in lm_state]
     out = model(x, lm_state)
     return token_nll(out.logits, y).mean(), detach_state(out.state)
+
+
+def _measure_global_grad_stats(model, names, streams: MetaStreams, max_tokens: int) -> GradStats:
+    """The mean squared gradients over all B global streams: every rank measures the same number of segment
+    batches on its own streams, then the (equally weighted) means are averaged over ranks."""
+    batch_tokens = streams.seg_len * streams.num_streams
+    n_batches = -(-max_tokens // batch_tokens)
+    stats = measure_grad_stats(model, names, streams, n_batches * streams.seg_len * streams.num_local_streams)
+    if dist.is_distributed():
+        for t in stats.v.values():
+            dist.all_reduce_sum(t).div_(dist.world_size())
+        stats = GradStats(stats.v, stats.tokens * dist.world_size())
+    return stats
+
+
+def _state_dict(state: ReadingState) -> dict:
+    """The reading state's tensors on their device (contiguous), in the layout of `ReadingState.to_cpu`."""
+    return {
+        "lm": [(h.detach(), c.detach()) for h, c in state.lm],
+        "fast": {n: t.detach().contiguous() for n, t in state.fast.items()},
+        # a learner state still at its shared initial value `[1, *shape]` is expanded to one row per stream
+        "learner": {n: (t if n not in state.fast or t.shape == state.fast[n].shape else
+                        t.expand_as(state.fast[n])).detach().contiguous() for n, t in state.learner.items()},
+    }
+
+
+def _map_tensors(d: dict, fn) -> dict:
+    """Apply `fn` to every per-stream tensor of a reading-state dict."""
+    return {
+        "lm": [(fn(h), fn(c)) for h, c in d["lm"]],
+        "fast": {n: fn(t) for n, t in d["fast"].items()},
+        "learner": {n: fn(t) for n, t in d["learner"].items()},
+    }
 
 
 def _sync_grads(params) -> None:

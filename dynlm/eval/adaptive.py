@@ -4,7 +4,7 @@ has seen it. The static parameters are read only: they are bit-identical afterwa
 """
 from __future__ import annotations
 
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -35,8 +35,11 @@ def adaptive_token_nll(
     seg_len: int,
     restarts: Optional[Sequence[int]] = None,
     theta0: Optional[Mapping[str, Tensor]] = None,
+    on_segment: Optional[Callable[[int], None]] = None,
 ) -> Tensor:
-    """Per-token NLL `[N]` of `ids` under adaptive reading; `restarts` (token indices) reset the state."""
+    """Per-token NLL `[N]` of `ids` under adaptive reading; `restarts` (token indices) reset the state.
+
+    `on_segment(tokens)` is called after every segment (progress bars)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -54,6 +57,8 @@ def adaptive_token_nll(
             y = stream[start + 1 : end + 1].unsqueeze(1)
             _, nll, state, _ = adapt_segment(model, rule, state, theta0, x, y)
             out[start:end] = nll[:, 0].float().cpu()
+            if on_segment is not None:
+                on_segment(end - start)
     finally:
         model.train(was_training)
     return out

@@ -5,8 +5,9 @@ which is what dynamic evaluation and the meta-learner need: every stream reads w
 memory. Gate order is PyTorch's (input, forget, cell, output), so the same tensors drive `nn.LSTM`.
 
 Shared weights go through `torch.lstm`, the fused kernel behind `nn.LSTM` (fast on CPU and cuDNN on GPU).
-Per-stream weights go through a short loop of batched matmuls; the input projection for all time steps is
-done in one matmul before the loop because it does not depend on the recurrence.
+Per-stream weights go through `per_stream_lstm.py`: the input projection for all time steps in one batched
+matmul, then a fused recurrence (one autograd Function) whose weight gradient is one batched matmul over
+time. `lstm_layer_loop` is the plain-autograd reference it is tested against.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from .per_stream_lstm import per_stream_lstm_layer
 
 State = Tuple[Tensor, Tensor]
 
@@ -68,8 +71,8 @@ def lstm_layer(
     Returns the outputs `[T, B, H]` and the final `(h, c)`.
     """
     per_stream = w_ih.dim() == 3 or w_hh.dim() == 3 or b_ih.dim() == 2 or b_hh.dim() == 2
-    if per_stream:
-        return lstm_layer_loop(x, state, w_ih, w_hh, b_ih, b_hh)
+    if per_stream:  # fused recurrence, weight gradients as one batched matmul over time (per_stream_lstm.py)
+        return per_stream_lstm_layer(x, state, w_ih, w_hh, b_ih, b_hh)
     h0, c0 = state
     out, h, c = torch.lstm(
         x, (h0.unsqueeze(0), c0.unsqueeze(0)), (w_ih, w_hh, b_ih, b_hh),

@@ -20,11 +20,13 @@ from .. import dist
 from ..data import Corpus, batchify, get_batch, load_corpus, sample_seq_len
 from ..eval.static import static_token_nll
 from ..model import AWDLSTM, activation_regularization, build_model, detach_state, token_nll
-from .checkpoint import capture_rng, load_checkpoint, load_weights, restore_rng, save_checkpoint
+from .checkpoint import capture_rng, load_checkpoint, load_weights, save_checkpoint
 from .logger import RunLogger
 from .ntasgd import WeightAverager
 from .progress import Progress, budget_exhausted
-from .setup import config_dict, resume_path, save_resolved_config, seed_everything, select_device
+from .setup import (
+    config_dict, restore_rank_rng, resume_path, save_resolved_config, seed_everything, seed_rank, select_device,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,7 +56,14 @@ def train_lm(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
     model = build_model(cfg.model, corpus.tokenizer.vocab_size).to(device)
     optimizer = build_optimizer(cfg.optim, model)
     averager = WeightAverager(cfg.optim.nonmono) if cfg.optim.name == "ntasgd" else None
-    # Each rank reads its own slice of the B global streams.
+    seed_rank(cfg.trainer.seed)  # same initial weights everywhere (DDP broadcasts them too), own dropout masks
+    if cfg.data.batch_size % dist.world_size():
+        raise ValueError(
+            f"data.batch_size={cfg.data.batch_size} is not divisible by the {dist.world_size()} processes: each "
+            "rank reads batch_size / world_size of the streams. Choose a multiple of the number of processes."
+        )
+    # Each rank reads its own slice of the B global streams (strided: global stream j is on rank j % world),
+    # the same time index and BPTT length everywhere.
     streams = batchify(corpus.splits["train"].ids, cfg.data.batch_size)
     streams = streams[:, dist.rank() :: dist.world_size()].contiguous().to(device)
     local_b = streams.shape[1]
@@ -71,15 +80,21 @@ def train_lm(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
             averager.load_state_dict(ckpt["averager"])
         progress = Progress(**ckpt["progress"])
         bptt_gen.set_state(ckpt["bptt_rng"])
-        restore_rng(ckpt["rng"])
-        hidden = [(h.to(device), c.to(device)) for h, c in ckpt["hidden"]]
-        if hidden[0][0].shape[0] != local_b:  # a different number of ranks: streams restart their state
-            hidden = model.init_state(local_b)
+        restore_rank_rng(ckpt, cfg.trainer.seed, progress.step)
+        # Saved in global stream order (gathered from every rank), so any number of ranks picks up its rows.
+        if ckpt["hidden"][0][0].shape[0] == cfg.data.batch_size:
+            hidden = [(dist.shard_streams(h).to(device), dist.shard_streams(c).to(device)) for h, c in ckpt["hidden"]]
+        else:
+            dist.print0(f"the checkpoint's hidden state has {ckpt['hidden'][0][0].shape[0]} streams, not "
+                        f"data.batch_size={cfg.data.batch_size}: streams restart from a zero state")
         dist.print0(f"resumed from {ckpt_path} at step {progress.step}")
 
     save_resolved_config(cfg, run_dir)
     logger = RunLogger(run_dir, cfg.logger, config_dict(cfg))
-    train_model = DDP(model) if dist.is_distributed() else model
+    if dist.is_distributed():  # gradients averaged over ranks in backward
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        train_model = model
     tc = cfg.trainer
     bar = tqdm(
         total=tc.max_steps, initial=progress.step, disable=not (tc.progress_bar and dist.is_main()),
@@ -90,6 +105,9 @@ def train_lm(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
         return averager.average if averager is not None and averager.active else None
 
     def checkpoint(name: str) -> None:
+        # Collectives first, on every rank: per-stream hidden states in global order, every rank's RNG.
+        hidden_all = [(dist.gather_streams(h), dist.gather_streams(c)) for h, c in hidden]
+        rng_ranks = dist.gather_objects(capture_rng())
         if not dist.is_main():
             return
         weights = eval_weights() or {n: p.detach() for n, p in model.named_parameters()}
@@ -104,13 +122,16 @@ def train_lm(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
             "averager": averager.state_dict() if averager is not None else None,
             "progress": progress.__dict__,
             "bptt_rng": bptt_gen.get_state(),
-            "rng": capture_rng(),
-            "hidden": [(h.detach().cpu(), c.detach().cpu()) for h, c in hidden],
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
+            "hidden": hidden_all,
         }
         save_checkpoint(payload, run_dir / "checkpoints" / name)
 
     def validate() -> float:
-        loss = evaluate_loss(model, corpus, "valid", cfg.data.eval_bptt, eval_weights())
+        # Every rank reads the whole valid stream (one stream: its loss does not depend on the number of
+        # ranks); rank 0's number is broadcast so that every rank takes the same decisions below.
+        loss = dist.broadcast_float(evaluate_loss(model, corpus, "valid", cfg.data.eval_bptt, eval_weights()))
         if averager is not None and averager.should_trigger(loss):
             averager.start(model)
             dist.print0(f"NT-ASGD: averaging from step {progress.step}")
@@ -133,6 +154,7 @@ def train_lm(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
     model.train()
     try:
         while not done():
+            dist.inject_failure(tc.fail_at_step, progress.step)
             seq_len = sample_seq_len(cfg.data.bptt, bptt_gen)
             x, y = get_batch(streams, progress.position, seq_len)
             for group in optimizer.param_groups:  # shorter sequences take proportionally smaller steps
@@ -141,9 +163,11 @@ def train_lm(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
             out = train_model(x, hidden)
             hidden = out.state
             nll = token_nll(out.logits, y).mean()
-            if not torch.isfinite(nll):
+            # The mean over ranks (equal shards): the logged loss, and every rank stops together on a NaN.
+            nll_value = dist.sum_floats(nll.item())[0] / dist.world_size()
+            if not math.isfinite(nll_value):
                 raise NonFiniteLossError(
-                    f"training loss became {nll.item()} at step {progress.step}. The last good checkpoint is "
+                    f"training loss became {nll_value} at step {progress.step}. The last good checkpoint is "
                     f"{run_dir / 'checkpoints' / 'last.pt'}; lower optim.lr or trainer.clip and resume from it."
                 )
             loss = nll + activation_regularization(out.last_dropped, out.last_raw, cfg.model.alpha, cfg.model.beta)
@@ -164,8 +188,8 @@ def train_lm(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
                 progress.epoch += 1
                 hidden = model.init_state(local_b)
             steps_this_session += 1
-            progress.elapsed = time.time() - started
-            window_loss += nll.item() * n_tok
+            progress.elapsed = dist.broadcast_float(time.time() - started)  # rank 0's clock: stop together
+            window_loss += nll_value * n_tok
             window_tokens += n_tok
 
             if progress.step % tc.log_interval == 0 or done():

@@ -20,12 +20,37 @@ def select_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"trainer.device={name} but CUDA is not available here: use trainer.device=cpu or auto")
+    if device.type == "cuda" and device.index is None and dist.launched_by_torchrun():
+        device = torch.device("cuda", int(__import__("os").environ["LOCAL_RANK"]))  # one GPU per process
     return device
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def seed_rank(seed: int) -> None:
+    """After the model is built (same on every rank): give each rank its own dropout masks.
+
+    Rank 0 keeps the single-process random stream; rank r > 0 is reseeded with seed + r.
+    """
+    if dist.rank() > 0:
+        seed_everything(seed + dist.rank())
+
+
+def restore_rank_rng(ckpt: Dict[str, Any], seed: int, step: int) -> None:
+    """Each rank's own RNG state when the checkpoint was saved by as many ranks; otherwise rank 0 takes the
+    saved main state and the others are reseeded (their dropout masks change, nothing else does)."""
+    from .checkpoint import restore_rng
+
+    per_rank = ckpt.get("rng_ranks")
+    if per_rank is not None and len(per_rank) == dist.world_size():
+        restore_rng(per_rank[dist.rank()])
+    elif dist.rank() == 0:
+        restore_rng(ckpt["rng"])
+    else:
+        seed_everything(seed + dist.rank() + 1_000_003 * step)
 
 
 def config_dict(cfg: DictConfig) -> Dict[str, Any]:
@@ -42,7 +67,18 @@ def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def resume_path(resume: Any, run_dir: Path) -> Optional[Path]:
-    """`trainer.resume`: false, true (this run folder's last.pt) or a checkpoint path."""
+    """`trainer.resume`: false, true (this run folder's last.pt) or a checkpoint path.
+
+    A job restarted by torchrun (TORCHELASTIC_RESTART_COUNT > 0) continues from this run folder's last.pt
+    when there is one, whatever `trainer.resume` says: the run folder must be fixed (`hydra.run.dir=...`).
+    """
+    last = run_dir / "checkpoints" / "last.pt"
+    if dist.restart_count() > 0:
+        if last.is_file():
+            dist.print0(f"elastic restart {dist.restart_count()}: resuming from {last}")
+            return last
+        dist.print0(f"elastic restart {dist.restart_count()}: no checkpoint at {last} yet, starting over "
+                    "(a restart resumes only with a fixed run folder: hydra.run.dir=...)")
     if resume is None or resume is False or (isinstance(resume, str) and resume.lower() in ("false", "")):
         return None
     if resume is True or (isinstance(resume, str) and resume.lower() == "true"):

@@ -1,0 +1,69 @@
+"""Config schema of `scripts/evaluate.py` (conf/evaluate.yaml), registered in Hydra's ConfigStore.
+
+The model, its vocabulary and (by default) the data settings come from the checkpoint; this schema holds
+only what evaluation itself chooses. An unknown or mistyped key fails when the config is composed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from ..config import DataConfig, LoggerConfig, register_configs
+
+METHODS = ("static", "dyneval", "meta")
+
+
+@dataclass
+class EvalOptions:
+    # Evaluate only the first N articles of the split (None: the whole split).
+    max_articles: Optional[int] = None
+    # Restart the reading state (h, c and the dynamic weights) at every article start. Default: one continuous
+    # stream, the standard WikiText protocol.
+    reset_per_article: bool = False
+    # Tokens per adaptation segment (None: the checkpoint's meta.seg_len).
+    seg_len: Optional[int] = None
+    # Tokens per forward pass of static evaluation (None: the checkpoint's data.eval_bptt). No effect on results.
+    chunk: Optional[int] = None
+    # Krause's dynamic evaluation hyper-parameters (None: the checkpoint's meta config, i.e. Krause's defaults
+    # unless stage 2 was run with others).
+    dyneval_lr: Optional[float] = None
+    dyneval_lam: Optional[float] = None
+    dyneval_eps: Optional[float] = None
+    # Gradient statistics for dyneval when the checkpoint has none (a stage-1 checkpoint): measured on this many
+    # train tokens, read as this many parallel article streams (None: the checkpoint's meta.batch_size).
+    gradstat_tokens: int = 200000
+    gradstat_streams: Optional[int] = None
+    # Reports.
+    position_bins: int = 20  # bins of relative position inside an article
+    html_articles: List[int] = field(default_factory=list)  # article indices; [] = where meta helps most / least
+    html_min_tokens: int = 100  # automatic choice of HTML articles ignores shorter articles (when it can)
+    gain_first_article: int = 0  # the instant-gain plot covers this article ...
+    gain_articles: int = 4  # ... and the next ones
+    smooth: int = 100  # tokens of the moving average in the instant-gain plot
+    bar_articles: int = 60  # at most this many articles in the per-article perplexity bars
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalRunConfig:
+    checkpoint: Optional[str] = None  # path of a .pt written by scripts/train.py (required)
+    split: str = "test"  # valid | test (train works too)
+    # null: static, dyneval, and meta when the checkpoint has a meta-learner (a stage-2 checkpoint).
+    methods: Optional[List[str]] = None
+    # Data settings default to the checkpoint's own (its data config): keys set here replace them. data.dir
+    # defaults to the folder the checkpoint was trained on.
+    data: DataConfig = field(default_factory=DataConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+
+
+def register_eval_configs() -> None:
+    """The training groups (logger=none|wandb reuse them) plus the evaluation schema."""
+    register_configs()
+    ConfigStore.instance().store(name="base_eval_config", node=EvalRunConfig)
+
+
+__all__ = ["EvalOptions", "EvalRunConfig", "METHODS", "register_eval_configs"]

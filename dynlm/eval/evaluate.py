@@ -1,0 +1,194 @@
+"""`evaluate(cfg, run_dir)`: one checkpoint, one split, the methods asked for, every report (DESIGN §5).
+
+Called by `scripts/evaluate.py` (Hydra) and directly by tests. Writes into `run_dir`:
+
+    config.yaml / config.json   the resolved evaluation config
+    results.json                overall, per-article and by-position numbers, checkpoint path + sha256, configs,
+                                data checksums
+    per_article.csv             index, title, tokens, words, NLL / loss / ppl per method
+    token_losses.npz            every token's loss per method, with token ids, article ids and positions
+    metrics.jsonl               the overall numbers as `eval/<split>/<method>/<key>` scalars
+    loss_by_position.png, article_ppl.png, instant_gain.png
+    html/article_<index>.html   tokens coloured by the loss gain of meta (or dyneval) over static
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from .. import dist
+from ..train.logger import RunLogger
+from ..train.setup import config_dict, save_resolved_config
+from .html import article_page
+from .outputs import write_article_csv, write_results, write_token_losses
+from .plots import plot_article_ppl, plot_instant_gain, plot_position
+from .prepare import Prepared, prepare
+from .report import (
+    article_rows, bin_centers, gain_per_token, method_totals, moving_average, pick_extreme_articles, position_bins,
+    relative_position,
+)
+from .runner import ensure_grad_stats, run_methods
+from .wandb_panels import log_evaluation
+
+
+def evaluate(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
+    run_dir = Path(run_dir)
+    prep = prepare(cfg)  # every check that can fail does so here, before the long work
+    e = cfg.eval
+    save_resolved_config(cfg, run_dir)
+    logger = RunLogger(run_dir, cfg.logger, {"eval": config_dict(cfg), "checkpoint_config": prep.ckpt["config"]})
+    try:
+        stats_info = None
+        if len(prep.methods) > 1:
+            stats, source = ensure_grad_stats(prep, e.gradstat_tokens, e.gradstat_streams)
+            stats_info = {"source": source, "tokens": stats.tokens}
+        losses, seconds = run_methods(prep, e.reset_per_article, e.progress_bar)
+        check_static_weights(prep)
+        results = build_results(cfg, prep, losses, seconds, stats_info)
+        if not dist.is_main():
+            return results
+        images = make_plots(run_dir, prep, results, losses, e)
+        pages = make_pages(run_dir, prep, results, losses, list(e.html_articles), e.html_min_tokens)
+        results["html_articles"] = [int(p.stem.split("_")[-1]) for p in pages.values()]
+        results["files"] = {
+            "per_article_csv": "per_article.csv", "token_losses": "token_losses.npz",
+            "plots": {k: p.name for k, p in images.items()},
+            "html": {k: str(p.relative_to(run_dir)) for k, p in pages.items()},
+        }
+        write_results(run_dir / "results.json", results)
+        write_article_csv(run_dir / "per_article.csv", results["articles"], prep.methods)
+        sl = slice(0, prep.num_tokens)
+        write_token_losses(run_dir / "token_losses.npz", losses, prep.ids, prep.split.article_id[sl],
+                           prep.split.position[sl], prep.article_starts, prep.split.titles[: prep.num_articles])
+        logger.log(scalar_metrics(results), step=0)
+        log_evaluation(logger, results, images, pages)
+        print_summary(results, run_dir)
+        return results
+    finally:
+        logger.finish()
+
+
+def check_static_weights(prep: Prepared) -> None:
+    """The static weights in memory are still the checkpoint's, bit for bit (evaluation only reads them)."""
+    for n, p in prep.model.named_parameters():
+        if not torch.equal(p.detach().cpu(), prep.ckpt["model"][n]):
+            raise RuntimeError(f"static weight {n} changed during evaluation: this is a bug in dynlm")
+
+
+def build_results(cfg, prep: Prepared, losses: Dict[str, Tensor], seconds: Dict[str, float],
+                  stats_info: Optional[dict]) -> Dict[str, Any]:
+    split, n = prep.split, prep.num_tokens
+    article_id, position = split.article_id[:n], split.position[:n]
+    per_word = prep.corpus.tokenizer.kind == "sentencepiece"
+    num_words = sum(prep.words)
+    methods = {m: {**method_totals(t, num_words, per_word), "seconds": seconds[m]} for m, t in losses.items()}
+    rows = article_rows(losses, article_id, split.titles[: prep.num_articles], prep.words)
+    rel = relative_position(position, article_id, split.article_lengths)
+    bins = int(cfg.eval.position_bins)
+    loss_bins, count = {}, None
+    for m, t in losses.items():
+        mean, count = position_bins(t, rel, bins)
+        loss_bins[m] = mean.tolist()
+    gain_bins = {m: [s - x for s, x in zip(loss_bins["static"], loss_bins[m])] for m in losses if m != "static"}
+    ckpt = prep.ckpt
+    dyn = prep.dyneval_cfg
+    return {
+        "split": cfg.split,
+        "checkpoint": {"path": str(prep.ckpt_path), "sha256": prep.ckpt_sha256, "stage": ckpt.get("stage"),
+                       "step": (ckpt.get("progress") or {}).get("step")},
+        "data": {"source": prep.corpus.source, "tokenizer": prep.corpus.tokenizer.kind,
+                 "vocab_size": prep.corpus.tokenizer.vocab_size, "checksums": dict(prep.corpus.checksums),
+                 "checkpoint_checksums": dict(ckpt.get("data_checksums") or {})},
+        "num_articles": prep.num_articles, "split_articles": split.num_articles,
+        "num_tokens": n, "split_tokens": split.num_tokens, "num_words": num_words, "per_word": per_word,
+        "reset_per_article": bool(cfg.eval.reset_per_article),
+        "seg_len": prep.seg_len if len(losses) > 1 else None, "chunk": prep.chunk,
+        "grad_stats": stats_info,
+        "dyneval": {"lr": dyn.lr, "lam": dyn.lam, "eps": dyn.eps, "update_gate_init": dyn.update_gate_init}
+        if dyn is not None else None,
+        "methods": methods,
+        "articles": rows,
+        "position_bins": {"bins": bins, "centers": bin_centers(bins), "tokens": count.tolist(),
+                          "loss": loss_bins, "gain": gain_bins},
+        "static_weights_unchanged": True,
+        "config": config_dict(cfg),
+        "checkpoint_config": ckpt["config"],
+    }
+
+
+def _gain_method(methods: List[str]) -> Optional[str]:
+    return "meta" if "meta" in methods else ("dyneval" if "dyneval" in methods else None)
+
+
+def make_plots(run_dir: Path, prep: Prepared, results: dict, losses: Dict[str, Tensor], e) -> Dict[str, Path]:
+    pos = results["position_bins"]
+    split = results["split"]
+    images = {
+        "loss_by_position": plot_position(pos["centers"], pos["loss"], pos["gain"], run_dir / "loss_by_position.png",
+                                          f"{split}: mean loss by relative position"),
+        "article_ppl": plot_article_ppl(results["articles"], prep.methods, run_dir / "article_ppl.png",
+                                        e.bar_articles),
+    }
+    adaptive = [m for m in prep.methods if m != "static"]
+    if adaptive:
+        first = min(int(e.gain_first_article), prep.num_articles - 1)
+        last = min(first + int(e.gain_articles), prep.num_articles)
+        starts = prep.article_starts.tolist() + [prep.num_tokens]
+        a, b = starts[first], starts[last]
+        gains = {m: moving_average(losses["static"][a:b] - losses[m][a:b], e.smooth) for m in adaptive}
+        images["instant_gain"] = plot_instant_gain(
+            gains, [s - a for s in starts[first:last]], prep.split.titles[first:last], e.smooth,
+            run_dir / "instant_gain.png", offset=a)
+    return images
+
+
+def make_pages(run_dir: Path, prep: Prepared, results: dict, losses: Dict[str, Tensor], chosen: List[int],
+               min_tokens: int) -> Dict[str, Path]:
+    method = _gain_method(prep.methods)
+    if method is None:
+        return {}
+    rows = results["articles"]
+    if not chosen:
+        tokens = torch.tensor([r["tokens"] for r in rows])
+        chosen = pick_extreme_articles(gain_per_token(rows, method), tokens, min_tokens)
+    pages = {}
+    tok = prep.corpus.tokenizer
+    for a in dict.fromkeys(chosen):
+        sl = prep.split.article_slice(a)
+        r = rows[a]
+        summary = f"ppl static {r['static']['ppl']:.2f} → {method} {r[method]['ppl']:.2f}"
+        text = article_page(r["title"], a, tok.decode(prep.split.ids[sl]), tok.kind, losses["static"][sl],
+                            losses[method][sl], method, summary=summary)
+        path = run_dir / "html" / f"article_{a}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        pages[f"article_{a}"] = path
+    return pages
+
+
+def scalar_metrics(results: dict) -> Dict[str, float]:
+    out = {}
+    for m, v in results["methods"].items():
+        for k in ("nll", "tokens", "loss", "ppl", "word_ppl", "seconds"):
+            if k in v:
+                out[f"eval/{results['split']}/{m}/{k}"] = v[k]
+    return out
+
+
+def print_summary(results: dict, run_dir: Path) -> None:
+    print0 = dist.print0
+    print0(f"{results['split']}: {results['num_tokens']} tokens, {results['num_articles']} articles "
+           f"({results['checkpoint']['path']})")
+    for m, v in results["methods"].items():
+        word = f"  word ppl {v['word_ppl']:.2f}" if "word_ppl" in v else ""
+        print0(f"  {m:8s} ppl {v['ppl']:10.2f}  loss {v['loss']:.4f}{word}")
+    if results.get("grad_stats") and results["grad_stats"]["source"] == "measured":
+        print0(f"  (dyneval used gradient statistics measured on {results['grad_stats']['tokens']} train tokens)")
+    print0(f"results in {run_dir}")
+
+
+__all__ = ["evaluate", "build_results", "check_static_weights"]

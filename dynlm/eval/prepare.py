@@ -1,0 +1,237 @@
+"""Everything evaluation checks and loads before its long work: options, checkpoint, model, rules, data.
+
+A wrong method, a missing or mismatched checkpoint, `meta` without a meta-learner, or data with another
+vocabulary fails here with a message that says what to do, before gradient statistics are measured or any
+split is read by a model.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .. import dist
+from ..config import DataConfig, MetaConfig
+from ..data import Corpus, Split, load_corpus
+from ..data.sources import read_hub, read_local
+from ..dynamic.fast_weights import select_dynamic
+from ..dynamic.grad_stats import GradStats
+from ..dynamic.rules import build_rule
+from ..model import AWDLSTM, build_model
+from ..train.checkpoint import CheckpointError, load_checkpoint, load_weights
+from ..train.lm_checkpoint import check_data_matches
+from ..train.setup import select_device
+from .config import METHODS
+from .report import article_word_counts
+
+
+class EvalConfigError(ValueError):
+    """An evaluation option that cannot work (unknown method, bad index...)."""
+
+
+@dataclass
+class Prepared:
+    """A checked evaluation: model, rules and the (part of the) split to read."""
+
+    ckpt_path: Path
+    ckpt_sha256: str
+    ckpt: Dict[str, Any]
+    model: AWDLSTM
+    device: torch.device
+    data_cfg: DictConfig  # the effective data settings (checkpoint's, overridden by the eval config)
+    corpus: Corpus
+    split: Split
+    num_articles: int  # articles evaluated (the first ones of the split)
+    num_tokens: int  # tokens evaluated
+    words: List[int]  # words of every evaluated article (per-word perplexity)
+    methods: List[str]  # in running order; static first
+    seg_len: int
+    chunk: int
+    names: Optional[List[str]]  # dynamic parameters (adaptive methods only)
+    ckpt_meta: Optional[DictConfig]  # the checkpoint's meta config (the learner's)
+    dyneval_cfg: Optional[DictConfig]  # the dyneval rule's settings
+    stats: Optional[GradStats]  # gradient statistics, when the checkpoint has them
+    learner: Optional[nn.Module]  # the meta-learner, loaded
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return self.split.ids[: self.num_tokens]
+
+    @property
+    def article_starts(self) -> torch.Tensor:
+        return self.split.article_starts[: self.num_articles]
+
+    @property
+    def needs_train(self) -> bool:
+        return "dyneval" in self.methods and self.stats is None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_options(cfg: DictConfig) -> Optional[List[str]]:
+    """Every option that can be checked without the checkpoint; returns the methods asked for (None: default)."""
+    methods = None if cfg.methods is None else list(cfg.methods)
+    if methods is not None:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise EvalConfigError(
+                f"unknown method(s) {unknown or methods} in methods={methods}: choose among {list(METHODS)}, "
+                "e.g. methods=[static,dyneval,meta]"
+            )
+        if len(set(methods)) != len(methods):
+            raise EvalConfigError(f"methods={methods} lists a method twice")
+    if cfg.split not in ("train", "valid", "test"):
+        raise EvalConfigError(f"unknown split={cfg.split!r}: use split=valid or split=test")
+    e = cfg.eval
+    for key in ("max_articles", "seg_len", "chunk", "gradstat_streams"):
+        if e[key] is not None and e[key] < 1:
+            raise EvalConfigError(f"eval.{key}={e[key]} must be >= 1 (or null)")
+    for key in ("position_bins", "gradstat_tokens", "gain_articles", "smooth", "bar_articles"):
+        if e[key] < 1:
+            raise EvalConfigError(f"eval.{key}={e[key]} must be >= 1")
+    if cfg.checkpoint is None:
+        raise EvalConfigError("pass checkpoint=PATH (a .pt written by scripts/train.py, e.g. runs/.../best.pt)")
+    return methods
+
+
+def resolve_methods(methods: Optional[List[str]], has_learner: bool, path: Path, stage) -> List[str]:
+    """The methods in running order. Static always runs first: it is the reference of every loss gain."""
+    if methods is None:
+        methods = list(METHODS) if has_learner else ["static", "dyneval"]
+    if "meta" in methods and not has_learner:
+        raise EvalConfigError(
+            f"methods includes meta but {path} is a stage-{stage or 'lm'} checkpoint without a meta-learner. "
+            "Train one with `python scripts/train.py stage=meta meta.lm_checkpoint=<this checkpoint> ...` and "
+            "evaluate its checkpoint, or use methods=[static,dyneval]."
+        )
+    if "static" not in methods:
+        dist.print0("static is evaluated too: it is the reference of every loss gain")
+    return ["static"] + [m for m in METHODS[1:] if m in methods]
+
+
+def _known(d: Optional[dict], schema) -> dict:
+    names = {f.name for f in fields(schema)}
+    return {k: v for k, v in (d or {}).items() if k in names}
+
+
+def effective_data_config(user: DictConfig, ckpt_cfg: Dict[str, Any]) -> DictConfig:
+    """The checkpoint's data settings; keys the eval config sets (away from their defaults) replace them."""
+    defaults = OmegaConf.structured(DataConfig)
+    merged = OmegaConf.merge(defaults, _known(ckpt_cfg.get("data"), DataConfig))
+    overrides = {k: user[k] for k in defaults if user[k] != defaults[k]}
+    return OmegaConf.merge(merged, overrides)
+
+
+def meta_settings(ckpt_cfg: Dict[str, Any]) -> DictConfig:
+    """The checkpoint's meta config in the MetaConfig schema (Krause's defaults where it has none)."""
+    return OmegaConf.merge(OmegaConf.structured(MetaConfig), _known(ckpt_cfg.get("meta"), MetaConfig))
+
+
+def dyneval_settings(ckpt_meta: DictConfig, e) -> DictConfig:
+    over = {"name": "dyneval"}
+    for key in ("lr", "lam", "eps"):
+        if e[f"dyneval_{key}"] is not None:
+            over[key] = e[f"dyneval_{key}"]
+    return OmegaConf.merge(ckpt_meta, over)
+
+
+def build_lm(ckpt: Dict[str, Any], path: Path) -> AWDLSTM:
+    """The model its config describes, with the checkpoint's evaluation weights (as `load_lm`, from memory)."""
+    weights = ckpt["model"]
+    if "embedding.weight" not in weights:
+        raise CheckpointError(f"{path} has no embedding.weight: is it a dynlm language-model checkpoint?")
+    try:
+        model = build_model(OmegaConf.create(ckpt["config"]["model"]), int(weights["embedding.weight"].shape[0]))
+    except Exception as e:  # noqa: BLE001 - a missing or mistyped key in the stored model config
+        raise CheckpointError(f"the model config stored in {path} cannot build a model ({e})") from None
+    load_weights(model, weights, source=f"checkpoint {path}")
+    return model
+
+
+def _load_learner(ckpt, meta_cfg, names, stats, path, device) -> nn.Module:
+    learner = build_rule(meta_cfg, names, stats, name="gated")
+    try:
+        learner.load_state_dict(ckpt["meta_learner"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"the meta-learner in checkpoint {path} does not match the one its config.meta describes ({e}). "
+            "Was the checkpoint edited, or written by another version of dynlm?"
+        ) from None
+    return learner.to(device).eval()
+
+
+def split_words(data_cfg: DictConfig, split: str) -> List[int]:
+    """Words per article of the split's text (read again: the corpus keeps token ids, not lines)."""
+    texts = read_local(data_cfg.dir, (split,)) if data_cfg.dir else read_hub(data_cfg.hub_config, (split,))
+    return article_word_counts(texts[split].lines)
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    methods = check_options(cfg)
+    e = cfg.eval
+    path = Path(str(cfg.checkpoint)).expanduser()
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if not isinstance(ckpt.get("config"), dict) or "model" not in ckpt["config"] or "model" not in ckpt:
+        raise CheckpointError(f"{path} has no model config or weights: is it a dynlm training checkpoint?")
+    methods = resolve_methods(methods, ckpt.get("meta_learner") is not None, path, ckpt.get("stage"))
+    device = select_device(e.device)
+    model = build_lm(ckpt, path).to(device).eval()  # a config that does not match the weights fails here
+
+    ckpt_meta = meta_settings(ckpt["config"])
+    seg_len = int(e.seg_len or ckpt_meta.seg_len)
+    names = stats = learner = dyneval_cfg = None
+    if len(methods) > 1:
+        names = list(ckpt.get("dynamic_names") or select_dynamic(model, ckpt_meta.dynamic))
+        own = dict(model.named_parameters())
+        missing = [n for n in names if n not in own]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} names dynamic parameters {missing} the model does not have")
+        if ckpt.get("grad_stats") is not None:
+            stats = GradStats.from_state_dict(ckpt["grad_stats"], device)
+            stats.check_covers(names)
+        if "dyneval" in methods:
+            dyneval_cfg = dyneval_settings(ckpt_meta, e)
+        if "meta" in methods:
+            if stats is None:
+                raise CheckpointError(f"checkpoint {path} has a meta-learner but no gradient statistics (grad_stats)")
+            learner = _load_learner(ckpt, ckpt_meta, names, stats, path, device)
+
+    data_cfg = effective_data_config(cfg.data, ckpt["config"])
+    splits = (cfg.split,) if not ("dyneval" in methods and stats is None) else tuple(dict.fromkeys((cfg.split, "train")))
+    corpus = load_corpus(data_cfg, splits=splits)
+    check_data_matches(ckpt, corpus, path)  # another vocabulary fails here
+    split = corpus.splits[cfg.split]
+    num_articles = split.num_articles if e.max_articles is None else min(int(e.max_articles), split.num_articles)
+    num_tokens = int(split.article_starts[num_articles]) if num_articles < split.num_articles else split.num_tokens
+    words = split_words(data_cfg, cfg.split)
+    if len(words) != split.num_articles or sum(words) != split.num_words:
+        raise RuntimeError(f"word counts of {cfg.split} disagree with its articles ({len(words)} vs {split.num_articles})")
+    bad = [a for a in e.html_articles if not 0 <= a < num_articles]
+    if bad:
+        raise EvalConfigError(f"eval.html_articles={list(e.html_articles)}: {bad} not among the {num_articles} "
+                              f"evaluated articles (0..{num_articles - 1})")
+    expected = (ckpt.get("data_checksums") or {}).get(cfg.split)
+    if expected is not None and expected != corpus.checksums.get(cfg.split):
+        dist.print0(f"note: the {cfg.split} split at {corpus.source} differs from the one the checkpoint was "
+                    "trained next to (other sha256); evaluating it anyway")
+    return Prepared(
+        ckpt_path=path.resolve(), ckpt_sha256=sha256_file(path), ckpt=ckpt, model=model, device=device,
+        data_cfg=data_cfg, corpus=corpus, split=split, num_articles=num_articles, num_tokens=num_tokens,
+        words=words[:num_articles], methods=methods, seg_len=seg_len,
+        chunk=int(e.chunk or data_cfg.eval_bptt), names=names, ckpt_meta=ckpt_meta, dyneval_cfg=dyneval_cfg,
+        stats=stats, learner=learner,
+    )
+
+
+__all__ = ["EvalConfigError", "Prepared", "prepare", "sha256_file", "effective_data_config"]

@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint on a split with static, dynamic-evaluation and meta-learned reading.
+
+    python scripts/evaluate.py checkpoint=runs/meta/.../checkpoints/best.pt split=test
+    python scripts/evaluate.py checkpoint=PATH split=valid methods=[static,dyneval] eval.max_articles=5
+
+Writes results.json, per_article.csv, token_losses.npz, PNG plots and HTML pages into the run folder
+(runs/eval/<date>_<time> unless hydra.run.dir= is given). Every key: `python scripts/evaluate.py --cfg job`.
+"""
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from dynlm.eval.config import register_eval_configs
+from dynlm.eval.evaluate import evaluate
+
+register_eval_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
