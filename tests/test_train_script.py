@@ -50,7 +50,7 @@ def test_wandb_offline_logging(wikitext2_slice_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
-    train(compose_config(tiny_lm_overrides(wikitext2_slice_dir, **{"logger": "wandb", "trainer.max_steps": 4,
+    train(compose_config(tiny_lm_overrides(wikitext2_slice_dir, **{"logger": "wandb", "logger.mode": "offline", "trainer.max_steps": 4,
                                                                    "trainer.eval_interval": 4})), run)
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline, list(run.rglob("*"))[:20]
