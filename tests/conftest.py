@@ -11,6 +11,9 @@ import torch
 # Tiny test models gain nothing from intra-op threads, and on a shared 2-core machine oversubscribed
 # OpenMP threads spin against each other: one thread per test process unless asked otherwise.
 torch.set_num_threads(int(os.environ.get("DYNLM_TEST_THREADS", "1")))
+# No test may reach the wandb servers: offline unless the caller chose a mode.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLIT_FILES = ("train.txt", "valid.txt", "test.txt")
