@@ -21,7 +21,7 @@ class DataConfig:
     dir: Optional[str] = None
     tokenizer: str = "word"  # word | sentencepiece
     vocab_size: int = 8000  # sentencepiece only
-    # Where tokenizer models are cached when the data folder is not writable (default ~/.cache/dynlm).
+    # Where tokenizer models are cached when the data folder is not writable (default $DYNLM_CACHE or ~/.cache/dynlm).
     cache_dir: Optional[str] = None
     batch_size: int = 20
     bptt: int = 70

@@ -15,6 +15,14 @@ torch.set_num_threads(int(os.environ.get("DYNLM_TEST_THREADS", "1")))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tokenizer models and gradient statistics cached by tests stay out of the user's ~/.cache/dynlm."""
+    if "DYNLM_CACHE" not in os.environ:
+        os.environ["DYNLM_CACHE"] = str(tmp_path_factory.mktemp("dynlm-cache"))
+    yield
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLIT_FILES = ("train.txt", "valid.txt", "test.txt")
 

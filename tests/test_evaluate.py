@@ -184,12 +184,21 @@ def test_static_equals_the_trainers_valid_perplexity(trained, tmp_path):
 def test_dyneval_on_a_stage1_checkpoint_measures_statistics_and_resets_per_article(trained, tmp_path, capsys):
     data, lm, _ = trained
     ckpt = lm / "checkpoints" / "last.pt"
-    cfg = compose_eval([f"checkpoint={ckpt}", f"data.dir={data}", "split=test", "methods=[static,dyneval]",
-                        "eval.max_articles=2", "eval.reset_per_article=true", "eval.gradstat_tokens=300",
-                        "eval.seg_len=10", "eval.progress_bar=false", "eval.dyneval_lr=0.003"])
+    cfg_overrides = [f"checkpoint={ckpt}", f"data.dir={data}", "split=test", "methods=[static,dyneval]",
+                     "eval.max_articles=2", "eval.reset_per_article=true", "eval.gradstat_tokens=300",
+                     "eval.seg_len=10", "eval.progress_bar=false", "eval.dyneval_lr=0.003",
+                     f"data.cache_dir={tmp_path / 'cache'}"]
+    cfg = compose_eval(cfg_overrides)
     results = evaluate(cfg, tmp_path / "eval")
     assert "measuring them on 300 train tokens" in capsys.readouterr().out
     assert results["grad_stats"]["source"] == "measured" and results["grad_stats"]["tokens"] >= 300
+    # the same evaluation again reads the statistics from the cache: same numbers, no measurement
+    again = evaluate(cfg, tmp_path / "again")
+    out = capsys.readouterr().out
+    assert "measuring" not in out and "from the cache" in out and again["grad_stats"]["source"] == "cached"
+    assert again["methods"]["dyneval"]["nll"] == results["methods"]["dyneval"]["nll"]
+    fresh = evaluate(compose_eval([*cfg_overrides, "eval.cache_grad_stats=false"]), tmp_path / "fresh")
+    assert fresh["grad_stats"]["source"] == "measured"
     assert results["dyneval"]["lr"] == 0.003 and results["dyneval"]["lam"] == 0.02  # override + checkpoint value
     split = load_split(data, "test")
     check_outputs(tmp_path / "eval", results, split)

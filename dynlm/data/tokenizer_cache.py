@@ -3,7 +3,7 @@
 File name: spm-<type>-<vocab_size>-<key>.model, key = hash of (train split sha256, model type, vocab
 size, trainer settings), so another vocabulary size, another corpus or changed settings retrain
 instead of silently reusing a stale model. Looked up next to the data first (the model belongs to
-the data), then in cfg.cache_dir or ~/.cache/dynlm. Written next to the data only if that folder is
+the data), then in cfg.cache_dir, $DYNLM_CACHE or ~/.cache/dynlm. Written next to the data only if that folder is
 writable *and* not marked read-only by its permission bits (root can write anywhere; a 0555 shared
 data folder should stay clean).
 """
@@ -19,7 +19,12 @@ from typing import Optional
 from .sentencepiece_tokenizer import MAX_TRAIN_CHARS, MODEL_TYPE, SentencePieceTokenizer, train_sentencepiece
 
 log = logging.getLogger(__name__)
-DEFAULT_CACHE = Path("~/.cache/dynlm")
+
+
+def default_cache_dir() -> Path:
+    """$DYNLM_CACHE, else ~/.cache/dynlm (the tests point it at a temporary folder)."""
+    return Path(os.environ.get("DYNLM_CACHE") or "~/.cache/dynlm").expanduser()
+
 TRAINER_VERSION = 1  # bump when train_sentencepiece changes its output
 
 
@@ -39,7 +44,7 @@ def is_writable_dir(folder: Path) -> bool:
 
 def cache_folders(data_dir: Optional[str], cache_dir: Optional[str]) -> list[Path]:
     folders = [Path(data_dir).expanduser()] if data_dir else []
-    return folders + [Path(cache_dir or DEFAULT_CACHE).expanduser()]
+    return folders + [Path(cache_dir).expanduser() if cache_dir else default_cache_dir()]
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -35,6 +35,9 @@ class EvalOptions:
     # train tokens, read as this many parallel article streams (None: the checkpoint's meta.batch_size).
     gradstat_tokens: int = 200000
     gradstat_streams: Optional[int] = None
+    # Keep those measured statistics in <data.cache_dir, $DYNLM_CACHE or ~/.cache/dynlm>/grad_stats/, keyed by
+    # the checkpoint's sha256 and the settings above: the next evaluation of the checkpoint skips the measurement.
+    cache_grad_stats: bool = True
     # Reports.
     position_bins: int = 20  # bins of relative position inside an article
     html_articles: List[int] = field(default_factory=list)  # article indices; [] = where meta helps most / least

@@ -44,7 +44,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
     try:
         stats_info = None
         if len(prep.methods) > 1:
-            stats, source = ensure_grad_stats(prep, e.gradstat_tokens, e.gradstat_streams)
+            stats, source = ensure_grad_stats(prep, e.gradstat_tokens, e.gradstat_streams, e.cache_grad_stats)
             stats_info = {"source": source, "tokens": stats.tokens}
         losses, seconds = run_methods(prep, e.reset_per_article, e.progress_bar)
         check_static_weights(prep)
@@ -186,8 +186,9 @@ def print_summary(results: dict, run_dir: Path) -> None:
     for m, v in results["methods"].items():
         word = f"  word ppl {v['word_ppl']:.2f}" if "word_ppl" in v else ""
         print0(f"  {m:8s} ppl {v['ppl']:10.2f}  loss {v['loss']:.4f}{word}")
-    if results.get("grad_stats") and results["grad_stats"]["source"] == "measured":
-        print0(f"  (dyneval used gradient statistics measured on {results['grad_stats']['tokens']} train tokens)")
+    if results.get("grad_stats") and results["grad_stats"]["source"] in ("measured", "cached"):
+        print0(f"  (dyneval used gradient statistics measured on {results['grad_stats']['tokens']} train tokens, "
+               f"{results['grad_stats']['source']})")
     print0(f"results in {run_dir}")
 
 

@@ -17,6 +17,7 @@ from ..data import MetaStreams
 from ..dynamic.grad_stats import GradStats, measure_grad_stats
 from ..dynamic.rules import build_rule
 from .adaptive import adaptive_token_nll
+from .grad_stats_cache import cache_path, load_cached, save_cached
 from .prepare import Prepared
 from .static import static_token_nll
 
@@ -34,19 +35,31 @@ def static_losses(model: nn.Module, ids: Tensor, eos_id: int, chunk: int,
     return torch.cat([static_token_nll(model, ids[a:b], eos_id, chunk) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
 
 
-def ensure_grad_stats(prep: Prepared, tokens: int, streams: Optional[int]) -> Tuple[GradStats, str]:
-    """The checkpoint's statistics, or statistics measured now on train tokens (a stage-1 checkpoint)."""
+def ensure_grad_stats(prep: Prepared, tokens: int, streams: Optional[int], use_cache: bool = True
+                      ) -> Tuple[GradStats, str]:
+    """The checkpoint's statistics ("checkpoint"), or those of a stage-1 checkpoint: from the disk cache
+    ("cached") or measured now on train tokens ("measured", then cached)."""
     if prep.stats is not None:
         return prep.stats, "checkpoint"
     b = int(streams or prep.ckpt_meta.batch_size)
+    train = prep.corpus.splits["train"]
+    path = cache_path(prep.data_cfg.get("cache_dir"), prep.ckpt_sha256, prep.corpus.checksums["train"], prep.names,
+                      tokens, b, prep.seg_len)
+    stats = load_cached(path, prep.names, prep.device) if use_cache else None
+    if stats is not None:
+        dist.print0(f"dyneval: gradient statistics of {prep.ckpt_path.name} on {stats.tokens} train tokens, "
+                    f"from the cache {path}")
+        prep.stats = stats
+        return stats, "cached"
     dist.print0(
         f"dyneval: {prep.ckpt_path.name} has no gradient statistics (a stage-1 checkpoint); measuring them on "
         f"{tokens} train tokens ({b} streams of {prep.seg_len}-token segments, eval.gradstat_tokens) ..."
     )
     started = time.time()
-    train_streams = MetaStreams(prep.corpus.splits["train"], b, prep.seg_len)
-    stats = measure_grad_stats(prep.model, prep.names, train_streams, tokens)
+    stats = measure_grad_stats(prep.model, prep.names, MetaStreams(train, b, prep.seg_len), tokens)
     dist.print0(f"dyneval: measured on {stats.tokens} train tokens in {time.time() - started:.0f}s")
+    if use_cache and dist.is_main() and save_cached(path, stats):
+        dist.print0(f"dyneval: cached in {path} (eval.cache_grad_stats=false to measure every time)")
     prep.stats = stats
     return stats, "measured"
 
