@@ -4,7 +4,7 @@
 #
 # The runs behind the README stopped on a time budget; this script replays them by their step counts
 # (stage 1: 3601 steps, stage 2: 663), so the result does not depend on the machine's speed.
-# About 3 hours on 2 CPU cores. Every setting can be changed through the environment:
+# About 2.5 hours on 2 quiet CPU cores. Every setting can be changed through the environment:
 #   DATA=../shared/data/wikitext-2  OUT=runs/reproduce-small  MODEL=small  LM_STEPS=3601  META_STEPS=663
 #   LM_ARGS / META_ARGS / EVAL_ARGS: extra Hydra overrides for each step (word-split).
 set -euo pipefail
