@@ -254,3 +254,41 @@ def test_sentencepiece_checkpoint_reports_per_word_perplexity(wikitext2_slice_di
     check_outputs(tmp_path / "eval", results, split)
     page = (tmp_path / "eval" / "html" / "article_0.html").read_text(encoding="utf-8")
     assert "\u2581" not in page.split("<body>")[1]  # word-start markers shown as spaces
+
+
+@pytest.mark.slow
+def test_a_dyneval_sweep_gives_one_folder_per_setting_and_one_table(trained, tmp_path):
+    """The README's tuning recipe: `evaluate.py -m` over dyneval settings, then `sweep_table.py`."""
+    _, lm, _ = trained
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "-m", f"checkpoint={lm / 'checkpoints' / 'last.pt'}",
+         "split=valid", "methods=[static,dyneval]", "eval.max_articles=1", "eval.progress_bar=false",
+         "eval.gradstat_tokens=400", "eval.dyneval_lr=0.002,0.05", f"hydra.sweep.dir={sweep}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("results.json")}
+    # Folder names list the job's settings, leaving out those excluded in conf/evaluate.yaml (checkpoint, ...).
+    assert set(jobs) == {f"eval.dyneval_lr={lr},eval.gradstat_tokens=400" for lr in ("0.002", "0.05")}
+    assert {j["dyneval"]["lr"] for j in jobs.values()} == {0.002, 0.05}
+    static = {j["methods"]["static"]["ppl"] for j in jobs.values()}
+    assert len(static) == 1  # the baseline does not depend on the swept rule
+    assert len({j["methods"]["dyneval"]["ppl"] for j in jobs.values()}) == 2
+
+    table = subprocess.run([sys.executable, "scripts/sweep_table.py", str(sweep), "--sort-by", "dyneval"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.strip().splitlines()
+    assert header.split() == ["job", "tokens", "static", "dyneval"]
+    best = min(jobs, key=lambda name: jobs[name]["methods"]["dyneval"]["ppl"])
+    assert rows[0].split()[0] == best and len(rows) == 2
+    for row in rows:
+        name, tokens, static_ppl, dyneval_ppl = row.split()
+        assert int(tokens) == jobs[name]["num_tokens"]
+        assert float(dyneval_ppl) == pytest.approx(jobs[name]["methods"]["dyneval"]["ppl"], abs=0.005)
+
+    missing = subprocess.run([sys.executable, "scripts/sweep_table.py", str(tmp_path / "nothing")],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "no results.json" in missing.stderr

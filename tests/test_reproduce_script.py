@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_reproduce_script_runs_all_three_steps(wikitext2_dir, tmp_path):
+def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
     from conftest import write_slice
 
     data = write_slice(wikitext2_dir, tmp_path / "wt2", {"train": 3000, "valid": 300, "test": 300})
@@ -37,6 +37,11 @@ def test_reproduce_script_runs_all_three_steps(wikitext2_dir, tmp_path):
         assert set(results["methods"]) == {"static", "dyneval", "meta"}
         assert results["checkpoint"]["path"] == str(out / "meta" / "checkpoints" / "best.pt")
         assert f"{split}: {results['num_tokens']} tokens, 2 articles, perplexity  static " in proc.stdout
+        tuned = json.loads((out / f"eval-dyneval-tuned-{split}" / "results.json").read_text())
+        assert list(tuned["methods"]) == ["static", "dyneval"] and tuned["num_articles"] == 2
+        assert (tuned["dyneval"]["lr"], tuned["dyneval"]["lam"]) == (0.002, 0.001)
+        assert tuned["methods"]["static"]["nll"] == results["methods"]["static"]["nll"]
+        assert f"{split} (dyneval tuned): {tuned['num_tokens']} tokens, 2 articles" in proc.stdout
 
 
 def test_reproduce_script_stops_on_a_failed_step(tmp_path):
