@@ -16,15 +16,10 @@ import stat
 from pathlib import Path
 from typing import Optional
 
+from ..cache import cache_root, write_atomic
 from .sentencepiece_tokenizer import MAX_TRAIN_CHARS, MODEL_TYPE, SentencePieceTokenizer, train_sentencepiece
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    """$DYNLM_CACHE, else ~/.cache/dynlm (the tests point it at a temporary folder)."""
-    return Path(os.environ.get("DYNLM_CACHE") or "~/.cache/dynlm").expanduser()
-
 TRAINER_VERSION = 1  # bump when train_sentencepiece changes its output
 
 
@@ -44,15 +39,7 @@ def is_writable_dir(folder: Path) -> bool:
 
 def cache_folders(data_dir: Optional[str], cache_dir: Optional[str]) -> list[Path]:
     folders = [Path(data_dir).expanduser()] if data_dir else []
-    return folders + [Path(cache_dir).expanduser() if cache_dir else default_cache_dir()]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    # Several ranks may train at once; each renames a complete file, readers never see half of one.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    return folders + [cache_root(cache_dir)]
 
 
 def load_or_train_sentencepiece(

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..data.tokenizer_cache import default_cache_dir, write_atomic
+from ..cache import cache_root, write_atomic
 from ..dynamic.grad_stats import GradStats
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,7 @@ def cache_path(cache_dir: Optional[str], ckpt_sha256: str, train_sha256: str, na
     key = "|".join([ckpt_sha256, train_sha256, ",".join(names), str(tokens), str(streams), str(seg_len),
                     f"v{CACHE_VERSION}"])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return folder / "grad_stats" / f"{digest}.pt"
+    return cache_root(cache_dir) / "grad_stats" / f"{digest}.pt"
 
 
 def load_cached(path: Path, names: Sequence[str], device) -> Optional[GradStats]:

@@ -24,7 +24,7 @@ def sweep_rows(sweep_dir: str | Path) -> List[Dict]:
 
 
 def format_sweep(rows: List[Dict], sort_by: str | None = None) -> str:
-    """A plain-text table, best first by `sort_by`'s perplexity (default: the last method of the first job)."""
+    """A plain-text table, best first by `sort_by`'s perplexity (default: the last method)."""
     methods = list(dict.fromkeys(m for row in rows for m in row["ppl"]))
     sort_by = sort_by or methods[-1]
     if sort_by not in methods:

@@ -1,0 +1,20 @@
+"""The user-level cache folder shared by everything dynlm keeps between runs (tokenizer models, gradient
+statistics), and the atomic write they all use."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+
+def cache_root(cache_dir: Optional[str] = None) -> Path:
+    """`cache_dir` (data.cache_dir) if set, else $DYNLM_CACHE, else ~/.cache/dynlm (tests use a temporary one)."""
+    return Path(cache_dir or os.environ.get("DYNLM_CACHE") or "~/.cache/dynlm").expanduser()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    # Several ranks may write at once; each renames a complete file, readers never see half of one.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
