@@ -1,7 +1,8 @@
 """The user-level cache folder shared by everything dynlm keeps between runs (tokenizer models, gradient
-statistics), and the atomic write they all use."""
+statistics), the atomic write they all use, and the file hash that keys them."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -18,3 +19,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256 (hex): what identifies a checkpoint in cache keys and reports."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

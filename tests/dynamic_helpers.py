@@ -5,8 +5,9 @@ from typing import List, Sequence
 
 import torch
 
-from dynlm.dynamic.adapt import adapt_segment
-from dynlm.dynamic.fast_weights import select_dynamic, static_weights
+from dynlm.dynamic.segment import adapt_segment
+from dynlm.dynamic.fast_weights import select_dynamic
+from dynlm.model import static_weights
 from dynlm.dynamic.grad_stats import GradStats
 from dynlm.dynamic.reading_state import fresh_state
 from dynlm.dynamic.rules import DynEvalRule, GatedMetaLearner

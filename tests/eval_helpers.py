@@ -14,8 +14,8 @@ from dynlm.dynamic.grad_stats import GradStats
 from dynlm.dynamic.rules import build_rule
 from dynlm.eval.config import register_eval_configs
 from dynlm.model import build_model
-from dynlm.train.checkpoint import save_checkpoint
-from dynlm.train.setup import config_dict
+from dynlm.run.checkpoint import save_checkpoint
+from dynlm.run.setup import config_dict
 
 from hydra_helpers import CONF_DIR, compose_config
 

@@ -4,7 +4,7 @@ import torch
 
 import dynlm.dynamic.blockwise as bw
 from dynlm.dynamic.gated_update import gated_update, normalized_grad
-from dynlm.dynamic.rules import fast_asinh
+from dynlm.dynamic.kernels import fast_asinh
 
 from dynamic_helpers import dyneval_for, setup
 

@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 
 from dynlm import dist
 from dynlm.train import train
-from dynlm.train.checkpoint import load_checkpoint
-from dynlm.train.setup import resume_path
+from dynlm.run.checkpoint import load_checkpoint
+from dynlm.run.setup import resume_path
 
 from hydra_helpers import compose_config, tiny_lm_overrides
 
@@ -56,7 +56,7 @@ def _worker(rank: int, world: int, port: int, jobs: list) -> None:
 
 def _train_recording_meta_grads(cfg, run_dir, rank):
     """Record the first window's meta-gradients just before and just after they are all-reduced."""
-    import dynlm.dynamic.meta_trainer as mt
+    import dynlm.train.meta_trainer as mt
 
     original, calls = mt._sync_grads, []
 

@@ -1,10 +1,11 @@
 """The gated meta-learner and Krause's dynamic evaluation."""
 import torch
 
-from dynlm.dynamic.fast_weights import select_dynamic, static_weights
+from dynlm.dynamic.fast_weights import select_dynamic
+from dynlm.model import static_weights
 from dynlm.dynamic.gated_update import gated_update, krause_gate_logits
 from dynlm.dynamic.rules import DynEvalRule
-from dynlm.eval.adaptive import adaptive_token_nll
+from dynlm.dynamic.reading import read_stream
 
 from dynamic_helpers import dyneval_for, random_stats, read, setup, tiny_model, tokens
 
@@ -70,8 +71,8 @@ def test_static_weights_bit_identical_after_adaptive_pass():
     model, names, stats, learner = setup()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ids = torch.randint(0, 23, (300,), generator=torch.Generator().manual_seed(0))
-    adaptive_token_nll(model, learner, names, ids, 0, 5, restarts=[0, 120])
-    adaptive_token_nll(model, dyneval_for(learner, stats), names, ids, 0, 5)
+    read_stream(model, ids, 0, 5, rule=learner, names=names, restarts=[0, 120])
+    read_stream(model, ids, 0, 5, rule=dyneval_for(learner, stats), names=names)
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
         assert p.grad is None

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dynlm.eval.evaluate import evaluate
-from dynlm.eval.static import static_token_nll
+from dynlm.dynamic.reading import read_stream
 from dynlm.train import train
-from dynlm.train.lm_checkpoint import load_lm
+from dynlm.run.from_checkpoint import load_lm
 from dynlm.train.lm_trainer import evaluate_loss
 
 from eval_helpers import compose_eval, one_thread  # noqa: F401 (autouse fixture)
@@ -206,7 +206,7 @@ def test_dyneval_on_a_stage1_checkpoint_measures_statistics_and_resets_per_artic
         "dyneval" in (tmp_path / "eval" / "html" / f"article_{a}.html").read_text() for a in results["html_articles"])
     # per-article reset: the second article reads as if it were alone
     model, _ = load_lm(ckpt, torch.device("cpu"))
-    alone = static_token_nll(model, split.article(1), 0, 64)
+    alone = read_stream(model, split.article(1), 0, 64)
     assert close(results["articles"][1]["static"]["nll"], float(alone.double().sum()), rel=1e-6)
 
 
@@ -236,7 +236,7 @@ def test_scripts_evaluate_runs_with_wandb_offline(trained, tmp_path):
 
 @pytest.mark.slow
 def test_sentencepiece_checkpoint_reports_per_word_perplexity(wikitext2_slice_dir, tmp_path):
-    from dynlm.eval.prepare import prepare
+    from dynlm.eval.inputs import load_inputs
 
     from eval_helpers import make_checkpoint
 
@@ -245,7 +245,7 @@ def test_sentencepiece_checkpoint_reports_per_word_perplexity(wikitext2_slice_di
     cfg = compose_eval([f"checkpoint={ckpt}", "split=valid", "eval.max_articles=1", "eval.gradstat_tokens=200",
                         "eval.progress_bar=false", "methods=[static,dyneval]"])
     results = evaluate(cfg, tmp_path / "eval")
-    split = prepare(cfg).split
+    split = load_inputs(cfg).split
     assert results["per_word"] and results["data"]["tokenizer"] == "sentencepiece"
     words = results["articles"][0]["words"]
     assert words == results["num_words"] < results["num_tokens"]  # pieces outnumber words

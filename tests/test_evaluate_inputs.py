@@ -7,8 +7,8 @@ from hydra.errors import ConfigCompositionException
 
 import dynlm.eval.evaluate as evaluate_module
 from dynlm.eval.evaluate import check_static_weights, evaluate
-from dynlm.eval.prepare import EvalConfigError, prepare
-from dynlm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dynlm.eval.inputs import EvalConfigError, load_inputs
+from dynlm.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 from eval_helpers import compose_eval, make_checkpoint
 
@@ -96,17 +96,17 @@ def test_bad_options(toy_ckpts, tmp_path, no_long_work, override, message):
 
 
 def test_data_settings_come_from_the_checkpoint(toy_ckpts, toy_data_dir):
-    prep = prepare(compose_eval([f"checkpoint={toy_ckpts['meta']}", "split=valid"]))  # no data.dir given
+    prep = load_inputs(compose_eval([f"checkpoint={toy_ckpts['meta']}", "split=valid"]))  # no data.dir given
     assert prep.corpus.source == str(toy_data_dir.resolve())
     assert prep.methods == ["static", "dyneval", "meta"] and prep.stats is not None
-    assert prepare(compose_eval([f"checkpoint={toy_ckpts['lm']}"])).methods == ["static", "dyneval"]  # default
-    prep = prepare(compose_eval([f"checkpoint={toy_ckpts['lm']}", "methods=[dyneval]"]))
+    assert load_inputs(compose_eval([f"checkpoint={toy_ckpts['lm']}"])).methods == ["static", "dyneval"]  # default
+    prep = load_inputs(compose_eval([f"checkpoint={toy_ckpts['lm']}", "methods=[dyneval]"]))
     assert prep.methods == ["static", "dyneval"]  # static always runs: the reference of every gain
     assert prep.needs_train and "train" in prep.corpus.splits
 
 
 def test_static_weight_guard_catches_a_change(toy_ckpts):
-    prep = prepare(compose_eval([f"checkpoint={toy_ckpts['lm']}", "methods=[static]"]))
+    prep = load_inputs(compose_eval([f"checkpoint={toy_ckpts['lm']}", "methods=[static]"]))
     check_static_weights(prep)
     with torch.no_grad():
         prep.model.decoder_bias[0] += 1.0

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from dynlm.dynamic.adapt import adapt_segment
-from dynlm.dynamic.fast_weights import static_weights
+from dynlm.dynamic.segment import adapt_segment
+from dynlm.model import static_weights
 from dynlm.dynamic.reading_state import fresh_state
 from dynlm.dynamic.rules import build_rule
 from dynlm.dynamic.segment import segment_losses
-from dynlm.eval.adaptive import adaptive_token_nll
+from dynlm.dynamic.reading import read_stream
 from dynlm.eval.evaluate import evaluate
-from dynlm.eval.prepare import prepare
-from dynlm.eval.runner import run_methods
-from dynlm.eval.stream import primed_stream
+from dynlm.eval.inputs import load_inputs
+from dynlm.eval.methods import run_methods
+from dynlm.dynamic.reading import primed_stream
 
 from eval_helpers import compose_eval, leak_corpus, make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
 
@@ -65,7 +65,7 @@ def test_dyneval_and_meta_score_tokens_before_updating_on_them(peek_setup, tmp_p
     cfg = compose_eval([f"checkpoint={ckpt}", "split=valid", "eval.progress_bar=false", "eval.html_articles=[0]"])
     results = evaluate(cfg, tmp_path / "eval")
     z = np.load(tmp_path / "eval" / "token_losses.npz")
-    prep = prepare(cfg)
+    prep = load_inputs(cfg)
     tok = prep.corpus.tokenizer
     ids = torch.from_numpy(z["token_id"])
     art = torch.from_numpy(z["article_id"])
@@ -94,11 +94,11 @@ def test_reset_per_article_reads_each_article_as_if_alone(peek_setup):
     data, ckpt = peek_setup
     cfg = compose_eval([f"checkpoint={ckpt}", "split=valid", "eval.progress_bar=false", "eval.reset_per_article=true",
                         "methods=[dyneval]"])
-    prep = prepare(cfg)
+    prep = load_inputs(cfg)
     losses, _ = run_methods(prep, reset_per_article=True, progress_bar=False)
     start = int(prep.article_starts[1])
     rule = build_rule(prep.dyneval_cfg, prep.names, prep.stats, name="dyneval")
-    ref = adaptive_token_nll(prep.model, rule, prep.names, prep.ids[start:], prep.corpus.tokenizer.eos_id, SEG)
+    ref = read_stream(prep.model, prep.ids[start:], prep.corpus.tokenizer.eos_id, SEG, rule=rule, names=prep.names)
     torch.testing.assert_close(losses["dyneval"][start:], ref, rtol=1e-5, atol=1e-5)
     for n, p in prep.model.named_parameters():  # the static weights in memory are still the checkpoint's
         assert torch.equal(p.detach(), prep.ckpt["model"][n]) and p.grad is None, n

@@ -7,10 +7,11 @@ from types import SimpleNamespace
 import torch
 
 from dynlm.data.sources import read_local
-from dynlm.dynamic.meta_eval import CURVES_FILE, follow_article
+from dynlm.train.meta_validation import CURVES_FILE, follow_article
 from dynlm.eval.html import article_page, gain_color
-from dynlm.eval.report import (
-    article_rows, article_totals, article_word_counts, chunk_means, method_totals, moving_average, perplexity,
+from dynlm.run.dashboard import chunk_means
+from dynlm.eval.aggregate import (
+    article_rows, article_totals, article_word_counts, method_totals, moving_average, perplexity,
     pick_extreme_articles, position_bins, relative_position,
 )
 
@@ -99,7 +100,7 @@ def test_wandb_panels_offline(tmp_path, monkeypatch):
     """The wandb objects of both panels build and log in an offline run."""
     from dynlm.config import LoggerConfig
     from dynlm.eval.wandb_panels import log_evaluation
-    from dynlm.train.logger import RunLogger
+    from dynlm.run.logger import RunLogger
     from omegaconf import OmegaConf
 
     monkeypatch.setenv("WANDB_SILENT", "true")

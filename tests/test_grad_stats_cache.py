@@ -2,7 +2,7 @@
 import torch
 
 from dynlm.dynamic.grad_stats import GradStats
-from dynlm.eval.grad_stats_cache import cache_path, load_cached, save_cached
+from dynlm.run.grad_stats_cache import cache_path, load_cached, save_cached
 
 NAMES = ["layers.0.weight_hh", "layers.0.bias_hh"]
 
@@ -14,7 +14,7 @@ def _stats():
 
 
 def _path(tmp_path, **change):
-    args = {"ckpt_sha256": "a" * 64, "train_sha256": "b" * 64, "names": NAMES, "tokens": 300, "streams": 4,
+    args = {"ckpt_sha256": "a" * 64, "split_sha256": "b" * 64, "names": NAMES, "tokens": 300, "streams": 4,
             "seg_len": 5, **change}
     return cache_path(str(tmp_path), **args)
 
@@ -29,7 +29,7 @@ def test_round_trip(tmp_path):
 
 def test_every_input_of_the_measurement_changes_the_key(tmp_path):
     base = _path(tmp_path)
-    changes = [{"ckpt_sha256": "c" * 64}, {"train_sha256": "d" * 64}, {"names": NAMES[:1]}, {"tokens": 301},
+    changes = [{"ckpt_sha256": "c" * 64}, {"split_sha256": "d" * 64}, {"names": NAMES[:1]}, {"tokens": 301},
                {"streams": 2}, {"seg_len": 10}]
     paths = {_path(tmp_path, **c) for c in changes}
     assert base not in paths and len(paths) == len(changes)

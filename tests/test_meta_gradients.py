@@ -4,7 +4,7 @@ import gc
 import pytest
 import torch
 
-from dynlm.dynamic.fast_weights import static_weights
+from dynlm.model import static_weights
 
 from dynamic_helpers import read, setup, tokens
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dynlm.train import train
-from dynlm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dynlm.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dynlm.train.ntasgd import WeightAverager
 
 from hydra_helpers import compose_config, tiny_lm_overrides

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from dynlm.dynamic.meta_trainer import train_meta
+from dynlm.train.meta_trainer import train_meta
 from dynlm.train import train
-from dynlm.train.checkpoint import load_checkpoint
+from dynlm.run.checkpoint import load_checkpoint
 
 from hydra_helpers import compose_config, tiny_lm_overrides
 

@@ -7,7 +7,8 @@ from .meta_streams import MetaBatch, MetaStreams, deal_articles
 from .sentencepiece_tokenizer import SentencePieceTokenizer
 from .sources import SPLITS
 from .split import Split, build_split
-from .tokenizer import EOS, Tokenizer, tokenizer_from_state_dict
+from .tokenizer import EOS, Tokenizer
+from .tokenizer_state import tokenizer_from_state_dict
 from .vocab import UNK, WordVocab
 
 __all__ = [

@@ -1,9 +1,8 @@
-"""What the model, trainer and evaluator may ask of a tokenizer, and how to restore one from a checkpoint."""
+"""What the model, trainer and evaluator may ask of a tokenizer (restoring one: `tokenizer_state.py`)."""
 from __future__ import annotations
 
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
-from .errors import DataError
 
 EOS = "<eos>"
 
@@ -38,18 +37,6 @@ class Tokenizer(Protocol):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "Tokenizer": ...
-
-
-def tokenizer_from_state_dict(state: dict[str, Any]) -> Tokenizer:
-    """Rebuild whichever tokenizer wrote `state` (it records its kind)."""
-    from .sentencepiece_tokenizer import SentencePieceTokenizer
-    from .vocab import WordVocab
-
-    kinds = {WordVocab.kind: WordVocab, SentencePieceTokenizer.kind: SentencePieceTokenizer}
-    kind = state.get("kind")
-    if kind not in kinds:
-        raise DataError(f"tokenizer state of unknown kind {kind!r}: expected one of {sorted(kinds)}")
-    return kinds[kind].from_state_dict(state)
 
 
 def as_int_list(ids: Iterable[int]) -> list[int]:

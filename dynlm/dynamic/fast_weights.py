@@ -23,11 +23,6 @@ def select_dynamic(model: nn.Module, patterns: Sequence[str]) -> List[str]:
     return names
 
 
-def static_weights(model: nn.Module, names: Sequence[str]) -> FastWeights:
-    params = dict(model.named_parameters())
-    return {n: params[n] for n in names}
-
-
 def per_stream(theta0: Mapping[str, Tensor], batch_size: int) -> FastWeights:
     """One copy of θ0 per stream, `[B, *shape]` (a broadcast view until the first update writes it).
 

@@ -12,8 +12,9 @@ from typing import Dict, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..model import detach_state
-from .fast_weights import per_stream, requiring_grad, static_weights, zero_rows
+from .. import dist
+from ..model import detach_state, static_weights
+from .fast_weights import per_stream, requiring_grad, zero_rows
 from .segment import segment_losses
 
 
@@ -49,7 +50,23 @@ class GradStats:
 
 
 def measure_grad_stats(model: nn.Module, names: Sequence[str], streams, max_tokens: int) -> GradStats:
-    """Mean of g² over segments and streams of `streams` (a `MetaStreams`), static weights, eval mode."""
+    """The statistics of the B global streams of `streams` (a `MetaStreams`) on at least `max_tokens` tokens.
+
+    Every rank measures the same number of segment batches on its own streams, then the (equally weighted)
+    means are averaged over ranks; one process reads all B streams itself.
+    """
+    batch_tokens = streams.seg_len * streams.num_streams
+    n_batches = -(-max_tokens // batch_tokens)
+    stats = _measure_local(model, names, streams, n_batches * streams.seg_len * streams.num_local_streams)
+    if dist.is_distributed():
+        for t in stats.v.values():
+            dist.all_reduce_sum(t).div_(dist.world_size())
+        stats = GradStats(stats.v, stats.tokens * dist.world_size())
+    return stats
+
+
+def _measure_local(model: nn.Module, names: Sequence[str], streams, max_tokens: int) -> GradStats:
+    """Mean of g² over segments and this rank's streams of `streams`, static weights, eval mode."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

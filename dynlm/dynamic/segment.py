@@ -1,19 +1,26 @@
-"""Reading one segment with dynamic weights swapped in functionally."""
+"""One segment of adaptive reading: read it with the dynamic weights swapped in, then update them (DESIGN §2).
+
+The loss of every token is computed with the weights θ_s *before* the update that sees that token; the
+update then uses the segment's gradient g_s = ∂ℓ_s/∂θ_s. Used by meta-training (graph kept to φ), by the
+reading loop of evaluation (no graph kept) and by the gradient-statistics pass (`segment_losses` only).
+"""
 from __future__ import annotations
 
-from typing import Mapping, Tuple
+from typing import Dict, Mapping, Tuple
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from ..model import LMState, token_nll
+from ..model import LMState, detach_state, token_nll
+from .fast_weights import requiring_grad
+from .reading_state import ReadingState
 
 
 def _read(model: nn.Module, fast: Mapping[str, Tensor], lm_state: LMState, x: Tensor, y: Tensor):
     out = functional_call(model, dict(fast), (x, lm_state))
-    nll = token_nll(out.logits, y)
-    return nll, out.state
+    return token_nll(out.logits, y), out.state
 
 
 def segment_losses(
@@ -36,4 +43,37 @@ def segment_losses(
     return nll.mean(0), nll, state
 
 
-__all__ = ["segment_losses"]
+def adapt_segment(
+    model: nn.Module,
+    rule: nn.Module,
+    state: ReadingState,
+    theta0: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    keep_graph: bool = False,
+    second_order: bool = False,
+    use_checkpoint: bool = False,
+) -> Tuple[Tensor, Tensor, ReadingState, Dict[str, Tensor]]:
+    """Returns the per-stream segment loss `[B]`, the per-token NLL `[L, B]`, the next state, diagnostics.
+
+    `keep_graph`: the losses and the new state stay differentiable w.r.t. φ (and θ0) for meta-training.
+    `second_order`: g_s itself stays differentiable (Hessian-vector products in the meta-gradient);
+    otherwise g_s is treated as data (first-order meta-learning).
+    """
+    fast = requiring_grad(state.fast)
+    with torch.enable_grad():
+        seg_loss, nll, lm_state = segment_losses(model, fast, state.lm, x, y, use_checkpoint)
+        grads = torch.autograd.grad(
+            seg_loss.sum(), list(fast.values()), retain_graph=keep_graph, create_graph=second_order
+        )
+    grads = {n: (g if second_order else g.detach()) for n, g in zip(fast, grads)}
+    if keep_graph:
+        new_fast, learner, diag = rule(fast, grads, theta0, seg_loss.detach(), state.learner)
+        return seg_loss, nll, ReadingState(lm_state, new_fast, learner), diag
+    with torch.no_grad():
+        detached = {n: t.detach() for n, t in fast.items()}
+        new_fast, learner, diag = rule(detached, grads, theta0, seg_loss.detach(), state.learner)
+    return seg_loss.detach(), nll.detach(), ReadingState(detach_state(lm_state), new_fast, learner), diag
+
+
+__all__ = ["adapt_segment", "segment_losses"]

@@ -21,23 +21,23 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from .. import dist
-from ..train.logger import RunLogger
-from ..train.setup import config_dict, save_resolved_config
+from ..run.logger import RunLogger
+from ..run.setup import config_dict, save_resolved_config
 from .html import article_page
 from .outputs import write_article_csv, write_results, write_token_losses
 from .plots import plot_article_ppl, plot_instant_gain, plot_position
-from .prepare import Prepared, prepare
-from .report import (
+from .aggregate import (
     article_rows, bin_centers, gain_per_token, method_totals, moving_average, pick_extreme_articles, position_bins,
     relative_position,
 )
-from .runner import ensure_grad_stats, run_methods
+from .inputs import EvalInputs, load_inputs
+from .methods import ensure_grad_stats, run_methods
 from .wandb_panels import log_evaluation
 
 
 def evaluate(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
     run_dir = Path(run_dir)
-    prep = prepare(cfg)  # every check that can fail does so here, before the long work
+    prep = load_inputs(cfg)  # every check that can fail does so here, before the long work
     e = cfg.eval
     save_resolved_config(cfg, run_dir)
     logger = RunLogger(run_dir, cfg.logger, {"eval": config_dict(cfg), "checkpoint_config": prep.ckpt["config"]})
@@ -72,14 +72,14 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
         logger.finish()
 
 
-def check_static_weights(prep: Prepared) -> None:
+def check_static_weights(prep: EvalInputs) -> None:
     """The static weights in memory are still the checkpoint's, bit for bit (evaluation only reads them)."""
     for n, p in prep.model.named_parameters():
         if not torch.equal(p.detach().cpu(), prep.ckpt["model"][n]):
             raise RuntimeError(f"static weight {n} changed during evaluation: this is a bug in dynlm")
 
 
-def build_results(cfg, prep: Prepared, losses: Dict[str, Tensor], seconds: Dict[str, float],
+def build_results(cfg, prep: EvalInputs, losses: Dict[str, Tensor], seconds: Dict[str, float],
                   stats_info: Optional[dict]) -> Dict[str, Any]:
     split, n = prep.split, prep.num_tokens
     article_id, position = split.article_id[:n], split.position[:n]
@@ -124,7 +124,7 @@ def _gain_method(methods: List[str]) -> Optional[str]:
     return "meta" if "meta" in methods else ("dyneval" if "dyneval" in methods else None)
 
 
-def make_plots(run_dir: Path, prep: Prepared, results: dict, losses: Dict[str, Tensor], e) -> Dict[str, Path]:
+def make_plots(run_dir: Path, prep: EvalInputs, results: dict, losses: Dict[str, Tensor], e) -> Dict[str, Path]:
     pos = results["position_bins"]
     split = results["split"]
     images = {
@@ -146,7 +146,7 @@ def make_plots(run_dir: Path, prep: Prepared, results: dict, losses: Dict[str, T
     return images
 
 
-def make_pages(run_dir: Path, prep: Prepared, results: dict, losses: Dict[str, Tensor], chosen: List[int],
+def make_pages(run_dir: Path, prep: EvalInputs, results: dict, losses: Dict[str, Tensor], chosen: List[int],
                min_tokens: int) -> Dict[str, Path]:
     method = _gain_method(prep.methods)
     if method is None:

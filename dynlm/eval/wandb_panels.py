@@ -1,37 +1,10 @@
-"""Weights & Biases panels of an evaluation and of the validation article followed during meta-training.
-
-Everything goes through `RunLogger.log_media`, a no-op without `logger=wandb`; `wandb` is imported only when a
-run is active. Works offline (WANDB_MODE=offline): the panels are stored in the offline run and appear once
-it is synced.
-"""
+"""Weights & Biases panels of an evaluation (helpers and offline behaviour: `run/dashboard.py`)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
-
-def active(logger) -> bool:
-    return logger is not None and getattr(logger, "wandb", None) is not None
-
-
-def _series(xs: Sequence[float], curves: Mapping[str, Sequence[float]]):
-    """Per-series xs and ys with non-finite points dropped (empty position bins)."""
-    keys, all_x, all_y = [], [], []
-    for k, ys in curves.items():
-        pts = [(x, float(y)) for x, y in zip(xs, ys) if y is not None and math.isfinite(float(y))]
-        if pts:
-            keys.append(k)
-            all_x.append([p[0] for p in pts])
-            all_y.append([p[1] for p in pts])
-    return keys, all_x, all_y
-
-
-def line_series(xs, curves: Mapping[str, Sequence[float]], title: str, xname: str):
-    import wandb
-
-    keys, all_x, all_y = _series(xs, curves)
-    return wandb.plot.line_series(xs=all_x, ys=all_y, keys=keys, title=title, xname=xname)
+from ..run.dashboard import active, line_series
 
 
 def log_evaluation(logger, results: dict, images: Mapping[str, Path], pages: Mapping[str, Path]) -> None:
@@ -76,21 +49,4 @@ def log_evaluation(logger, results: dict, images: Mapping[str, Path], pages: Map
     logger.log_media(items, step=0)
 
 
-def log_valid_article(logger, step: int, title: str, xs: Sequence[int], curves: Mapping[str, Sequence[float]],
-                      history: Sequence[dict]) -> None:
-    """Meta-training: the loss through the fixed validation article now, and meta's gain curves so far."""
-    if not active(logger):
-        return
-    items = {
-        "valid/article/loss_curve": line_series(
-            xs, curves, f"valid article '{title}': loss by position (step {step})", "position in the article"),
-    }
-    if history:
-        gains = {f"step {h['step']}": [s - m for s, m in zip(h["static"], h["meta"])] for h in history}
-        items["valid/article/meta_gain_history"] = line_series(
-            history[-1]["x"], gains, f"valid article '{title}': meta gain over static, by meta-training step",
-            "position in the article")
-    logger.log_media(items, step=step)
-
-
-__all__ = ["active", "line_series", "log_evaluation", "log_valid_article"]
+__all__ = ["log_evaluation"]

@@ -1,7 +1,8 @@
 from .awd_lstm import AWDLSTM, LMOutput, LMState, activation_regularization, build_model, detach_state, token_nll
 from .lstm import lstm_layer, lstm_layer_loop
+from .static_weights import static_weights
 
 __all__ = [
     "AWDLSTM", "LMOutput", "LMState", "activation_regularization", "build_model", "detach_state",
-    "token_nll", "lstm_layer", "lstm_layer_loop",
+    "token_nll", "lstm_layer", "lstm_layer_loop", "static_weights",
 ]

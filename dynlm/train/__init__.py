@@ -7,6 +7,8 @@ from typing import Dict
 from omegaconf import DictConfig
 
 from .. import dist
+from .lm_trainer import train_lm
+from .meta_trainer import train_meta
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
@@ -18,13 +20,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
     created = dist.init_distributed(backend)
     try:
         run_dir = Path(dist.broadcast_object(str(run_dir)))
-        if cfg.stage == "lm":
-            from .lm_trainer import train_lm
-
-            return train_lm(cfg, run_dir)
-        from ..dynamic.meta_trainer import train_meta
-
-        return train_meta(cfg, run_dir)
+        return (train_lm if cfg.stage == "lm" else train_meta)(cfg, run_dir)
     finally:
         if created:
             dist.destroy()
+
+
+__all__ = ["train", "train_lm", "train_meta"]

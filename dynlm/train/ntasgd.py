@@ -47,7 +47,8 @@ class WeightAverager:
     def state_dict(self) -> dict:
         return {"history": list(self.history), "average": self.average, "count": self.count}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, device=None) -> None:
         self.history = list(state["history"])
-        self.average = state["average"]
+        average = state["average"]
+        self.average = None if average is None else {n: t.to(device) for n, t in average.items()}
         self.count = state["count"]

@@ -1,4 +1,4 @@
-"""Everything evaluation checks and loads before its long work: options, checkpoint, model, rules, data.
+"""Everything evaluation reads and checks before its long work: options, checkpoint, model, learner, data.
 
 A wrong method, a missing or mismatched checkpoint, `meta` without a meta-learner, or data with another
 vocabulary fails here with a message that says what to do, before gradient statistics are measured or any
@@ -6,7 +6,6 @@ split is read by a model.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -16,18 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .. import dist
+from ..cache import sha256_file
 from ..config import DataConfig, MetaConfig
 from ..data import Corpus, Split, load_corpus
 from ..data.sources import read_hub, read_local
 from ..dynamic.fast_weights import select_dynamic
 from ..dynamic.grad_stats import GradStats
-from ..dynamic.rules import build_rule
-from ..model import AWDLSTM, build_model
-from ..train.checkpoint import CheckpointError, load_checkpoint, load_weights
-from ..train.lm_checkpoint import check_data_matches
-from ..train.setup import select_device
+from ..model import AWDLSTM
+from ..run.checkpoint import CheckpointError, load_checkpoint
+from ..run.from_checkpoint import check_data_matches, lm_from_checkpoint, load_learner, stored_grad_stats
+from ..run.setup import select_device
+from .aggregate import article_word_counts
 from .config import METHODS
-from .report import article_word_counts
 
 
 class EvalConfigError(ValueError):
@@ -35,7 +34,7 @@ class EvalConfigError(ValueError):
 
 
 @dataclass
-class Prepared:
+class EvalInputs:
     """A checked evaluation: model, rules and the (part of the) split to read."""
 
     ckpt_path: Path
@@ -69,14 +68,6 @@ class Prepared:
     @property
     def needs_train(self) -> bool:
         return "dyneval" in self.methods and self.stats is None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_options(cfg: DictConfig) -> Optional[List[str]]:
@@ -146,38 +137,13 @@ def dyneval_settings(ckpt_meta: DictConfig, e) -> DictConfig:
     return OmegaConf.merge(ckpt_meta, over)
 
 
-def build_lm(ckpt: Dict[str, Any], path: Path) -> AWDLSTM:
-    """The model its config describes, with the checkpoint's evaluation weights (as `load_lm`, from memory)."""
-    weights = ckpt["model"]
-    if "embedding.weight" not in weights:
-        raise CheckpointError(f"{path} has no embedding.weight: is it a dynlm language-model checkpoint?")
-    try:
-        model = build_model(OmegaConf.create(ckpt["config"]["model"]), int(weights["embedding.weight"].shape[0]))
-    except Exception as e:  # noqa: BLE001 - a missing or mistyped key in the stored model config
-        raise CheckpointError(f"the model config stored in {path} cannot build a model ({e})") from None
-    load_weights(model, weights, source=f"checkpoint {path}")
-    return model
-
-
-def _load_learner(ckpt, meta_cfg, names, stats, path, device) -> nn.Module:
-    learner = build_rule(meta_cfg, names, stats, name="gated")
-    try:
-        learner.load_state_dict(ckpt["meta_learner"])
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"the meta-learner in checkpoint {path} does not match the one its config.meta describes ({e}). "
-            "Was the checkpoint edited, or written by another version of dynlm?"
-        ) from None
-    return learner.to(device).eval()
-
-
 def split_words(data_cfg: DictConfig, split: str) -> List[int]:
     """Words per article of the split's text (read again: the corpus keeps token ids, not lines)."""
     texts = read_local(data_cfg.dir, (split,)) if data_cfg.dir else read_hub(data_cfg.hub_config, (split,))
     return article_word_counts(texts[split].lines)
 
 
-def prepare(cfg: DictConfig) -> Prepared:
+def load_inputs(cfg: DictConfig) -> EvalInputs:
     methods = check_options(cfg)
     e = cfg.eval
     path = Path(str(cfg.checkpoint)).expanduser()
@@ -186,7 +152,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         raise CheckpointError(f"{path} has no model config or weights: is it a dynlm training checkpoint?")
     methods = resolve_methods(methods, ckpt.get("meta_learner") is not None, path, ckpt.get("stage"))
     device = select_device(e.device)
-    model = build_lm(ckpt, path).to(device).eval()  # a config that does not match the weights fails here
+    model = lm_from_checkpoint(ckpt, path).to(device).eval()  # a config that does not match the weights fails here
 
     ckpt_meta = meta_settings(ckpt["config"])
     seg_len = int(e.seg_len or ckpt_meta.seg_len)
@@ -197,15 +163,13 @@ def prepare(cfg: DictConfig) -> Prepared:
         missing = [n for n in names if n not in own]
         if missing:
             raise CheckpointError(f"checkpoint {path} names dynamic parameters {missing} the model does not have")
-        if ckpt.get("grad_stats") is not None:
-            stats = GradStats.from_state_dict(ckpt["grad_stats"], device)
-            stats.check_covers(names)
+        stats = stored_grad_stats(ckpt, names, device)
         if "dyneval" in methods:
             dyneval_cfg = dyneval_settings(ckpt_meta, e)
         if "meta" in methods:
             if stats is None:
                 raise CheckpointError(f"checkpoint {path} has a meta-learner but no gradient statistics (grad_stats)")
-            learner = _load_learner(ckpt, ckpt_meta, names, stats, path, device)
+            learner = load_learner(ckpt, ckpt_meta, names, stats, path, device).eval()
 
     data_cfg = effective_data_config(cfg.data, ckpt["config"])
     splits = (cfg.split,) if not ("dyneval" in methods and stats is None) else tuple(dict.fromkeys((cfg.split, "train")))
@@ -225,7 +189,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     if expected is not None and expected != corpus.checksums.get(cfg.split):
         dist.print0(f"note: the {cfg.split} split at {corpus.source} differs from the one the checkpoint was "
                     "trained next to (other sha256); evaluating it anyway")
-    return Prepared(
+    return EvalInputs(
         ckpt_path=path.resolve(), ckpt_sha256=sha256_file(path), ckpt=ckpt, model=model, device=device,
         data_cfg=data_cfg, corpus=corpus, split=split, num_articles=num_articles, num_tokens=num_tokens,
         words=words[:num_articles], methods=methods, seg_len=seg_len,
@@ -234,4 +198,4 @@ def prepare(cfg: DictConfig) -> Prepared:
     )
 
 
-__all__ = ["EvalConfigError", "Prepared", "prepare", "sha256_file", "effective_data_config"]
+__all__ = ["EvalConfigError", "EvalInputs", "effective_data_config", "load_inputs"]

@@ -1,9 +1,10 @@
-"""A disk cache for the gradient statistics that dyneval measures on a stage-1 checkpoint.
+"""A disk cache for the gradient statistics measured on a stage-1 checkpoint (by stage 2 or by evaluation).
 
-A stage-1 checkpoint carries no statistics, so every `evaluate.py ... methods=[static,dyneval]` would spend a
-minute or more measuring them again on the same train tokens. The measurement is deterministic (eval mode, the
-same streams), so its result is keyed by everything it depends on: the checkpoint's sha256, the train split's
-sha256, the dynamic parameter names, the token budget, the number of streams and the segment length.
+A stage-1 checkpoint carries no statistics, so every `evaluate.py ... methods=[static,dyneval]` and every
+stage 2 started from it would spend minutes measuring them again on the same tokens. The measurement is
+deterministic (eval mode, the same streams), so its result is keyed by everything it depends on: the
+checkpoint's sha256, the measured split's sha256, the dynamic parameter names, the token budget, the number of
+streams and the segment length.
 Files live in `<data.cache_dir, $DYNLM_CACHE or ~/.cache/dynlm>/grad_stats/`; the checkpoint itself is never written.
 """
 from __future__ import annotations
@@ -23,9 +24,9 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when measure_grad_stats changes what it returns
 
 
-def cache_path(cache_dir: Optional[str], ckpt_sha256: str, train_sha256: str, names: Sequence[str], tokens: int,
+def cache_path(cache_dir: Optional[str], ckpt_sha256: str, split_sha256: str, names: Sequence[str], tokens: int,
                streams: int, seg_len: int) -> Path:
-    key = "|".join([ckpt_sha256, train_sha256, ",".join(names), str(tokens), str(streams), str(seg_len),
+    key = "|".join([ckpt_sha256, split_sha256, ",".join(names), str(tokens), str(streams), str(seg_len),
                     f"v{CACHE_VERSION}"])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return cache_root(cache_dir) / "grad_stats" / f"{digest}.pt"

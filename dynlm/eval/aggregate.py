@@ -62,17 +62,6 @@ def moving_average(x: Tensor, window: int) -> Tensor:
     return (c[i] - c[lo]) / (i - lo)
 
 
-def chunk_means(x: Tensor, points: int) -> Tuple[Tensor, Tensor]:
-    """`(start index [P], mean [P])` of `x` cut into at most `points` consecutive chunks of equal size."""
-    n = x.numel()
-    size = max(1, math.ceil(n / max(points, 1)))
-    starts = torch.arange(0, n, size)
-    idx = torch.arange(n) // size
-    sums = torch.zeros(starts.numel(), dtype=torch.float64).index_add_(0, idx, x.double())
-    counts = torch.bincount(idx, minlength=starts.numel())
-    return starts, sums / counts
-
-
 def article_word_counts(lines: Sequence[str]) -> List[int]:
     """Words of every article of a split's text (whitespace words + one `<eos>` per line, as `Split.num_words`)."""
     starts, _ = article_line_starts(lines)
@@ -129,7 +118,7 @@ def pick_extreme_articles(gain: Tensor, tokens: Tensor, min_tokens: int) -> List
 
 
 __all__ = [
-    "article_rows", "article_totals", "article_word_counts", "bin_centers", "chunk_means", "gain_per_token",
+    "article_rows", "article_totals", "article_word_counts", "bin_centers", "gain_per_token",
     "method_totals", "moving_average", "perplexity", "pick_extreme_articles", "position_bin_index",
     "position_bins", "relative_position",
 ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -10,18 +11,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import dist
+from .checkpoint import restore_rng
 
 
 def select_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", 0)))
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"trainer.device={name} but CUDA is not available here: use trainer.device=cpu or auto")
     if device.type == "cuda" and device.index is None and dist.launched_by_torchrun():
-        device = torch.device("cuda", int(__import__("os").environ["LOCAL_RANK"]))  # one GPU per process
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
     return device
 
 
@@ -42,8 +44,6 @@ def seed_rank(seed: int) -> None:
 def restore_rank_rng(ckpt: Dict[str, Any], seed: int, step: int) -> None:
     """Each rank's own RNG state when the checkpoint was saved by as many ranks; otherwise rank 0 takes the
     saved main state and the others are reseeded (their dropout masks change, nothing else does)."""
-    from .checkpoint import restore_rng
-
     per_rank = ckpt.get("rng_ranks")
     if per_rank is not None and len(per_rank) == dist.world_size():
         restore_rng(per_rank[dist.rank()])

@@ -1,0 +1,69 @@
+"""Running the methods on one checkpoint: per-token losses of the split (or its first articles) per method.
+
+Every method goes through the one reading loop (`dynamic/reading.py`): the split read as one continuous stream,
+the standard WikiText protocol; with `reset_per_article` every article starts from a fresh state (zero (h, c),
+the static weights) for every method alike.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional, Tuple
+
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .. import dist
+from ..dynamic.grad_stats import GradStats
+from ..dynamic.reading import read_stream
+from ..dynamic.rules import build_rule
+from ..run.from_checkpoint import grad_stats_for
+from .inputs import EvalInputs
+
+
+def ensure_grad_stats(inp: EvalInputs, tokens: int, streams: Optional[int], use_cache: bool = True
+                      ) -> Tuple[GradStats, str]:
+    """The checkpoint's statistics ("checkpoint"), or those of a stage-1 checkpoint: from the disk cache
+    ("cached") or measured now on train tokens ("measured", then cached)."""
+    b = int(streams or inp.ckpt_meta.batch_size)
+    stats, source = grad_stats_for(
+        inp.model, inp.names, inp.ckpt, inp.ckpt_path, inp.corpus.splits.get("train"),
+        inp.corpus.checksums.get("train", ""), tokens, b, inp.seg_len, inp.data_cfg.get("cache_dir"), use_cache,
+        ckpt_sha256=inp.ckpt_sha256)
+    inp.stats = stats
+    return stats, source
+
+
+def run_methods(inp: EvalInputs, reset_per_article: bool, progress_bar: bool = True,
+                rules: Optional[Dict[str, nn.Module]] = None) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
+    """`({method: per-token NLL [N]}, {method: seconds})` in `inp.methods` order.
+
+    `rules` (method -> rule) replaces the rules built from the checkpoint (tests).
+    """
+    ids = inp.ids
+    eos = inp.corpus.tokenizer.eos_id
+    restarts = inp.article_starts.tolist() if reset_per_article else None
+    rules = dict(rules or {})
+    if "dyneval" in inp.methods and "dyneval" not in rules:
+        rules["dyneval"] = build_rule(inp.dyneval_cfg, inp.names, inp.stats, name="dyneval").to(inp.device)
+    if "meta" in inp.methods and "meta" not in rules:
+        rules["meta"] = inp.learner
+    losses: Dict[str, Tensor] = {}
+    seconds: Dict[str, float] = {}
+    for method in inp.methods:
+        started = time.time()
+        bar = tqdm(total=ids.numel(), desc=method, unit="tok", dynamic_ncols=True,
+                   disable=not (progress_bar and dist.is_main() and method != "static"))
+        try:
+            if method == "static":
+                losses[method] = read_stream(inp.model, ids, eos, inp.chunk, restarts=restarts, on_segment=bar.update)
+            else:
+                losses[method] = read_stream(inp.model, ids, eos, inp.seg_len, rule=rules[method], names=inp.names,
+                                             restarts=restarts, on_segment=bar.update)
+        finally:
+            bar.close()
+        seconds[method] = time.time() - started
+        dist.print0(f"{method}: {ids.numel()} tokens in {seconds[method]:.1f}s")
+    return losses, seconds
+
+
+__all__ = ["ensure_grad_stats", "run_methods"]

@@ -1,0 +1,143 @@
+"""The one path from a checkpoint to objects: the language model, the meta-learner and the gradient statistics.
+
+Stage 2, evaluation and the benchmark all go through here, so a checkpoint means the same thing to each of them.
+The gradient statistics come from the checkpoint when it has them (stage 2 stores them), else from the disk
+cache (`grad_stats_cache.py`), else they are measured now (and cached).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .. import dist
+from ..cache import sha256_file
+from ..data import MetaStreams, Split
+from ..dynamic.grad_stats import GradStats, measure_grad_stats
+from ..dynamic.rules import build_rule
+from ..model import AWDLSTM, build_model
+from .checkpoint import CheckpointError, load_checkpoint, load_weights
+from .grad_stats_cache import cache_path, load_cached, save_cached
+
+
+def lm_from_checkpoint(ckpt: Dict[str, Any], path: str | Path) -> AWDLSTM:
+    """The model its stored config describes, with the checkpoint's evaluation weights (`ckpt["model"]`)."""
+    weights = ckpt.get("model")
+    if not isinstance(weights, dict) or "embedding.weight" not in weights:
+        raise CheckpointError(f"{path} has no embedding.weight: is it a dynlm language-model checkpoint?")
+    if not isinstance(ckpt.get("config"), dict) or "model" not in ckpt["config"]:
+        raise CheckpointError(f"{path} has no model config: is it a dynlm training checkpoint?")
+    try:
+        model = build_model(OmegaConf.create(ckpt["config"]["model"]), _vocab_size(ckpt))
+    except Exception as e:  # noqa: BLE001 - a missing or mistyped key in the stored model config
+        raise CheckpointError(f"the model config stored in {path} cannot build a model ({e})") from None
+    load_weights(model, weights, source=f"checkpoint {path}")
+    return model
+
+
+def load_lm(path: str | Path, device: torch.device) -> Tuple[AWDLSTM, Dict[str, Any]]:
+    """`lm_from_checkpoint` of the file at `path`, on `device`, and the checkpoint itself."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    return lm_from_checkpoint(ckpt, path).to(device), ckpt
+
+
+def _vocab_size(ckpt: Dict[str, Any]) -> int:
+    return int(ckpt["model"]["embedding.weight"].shape[0])
+
+
+def check_data_matches(ckpt: Dict[str, Any], corpus, path: str | Path) -> None:
+    """The checkpoint's tokenizer must be the corpus's: same vocabulary, same ids."""
+    vocab = _vocab_size(ckpt)
+    if vocab != corpus.tokenizer.vocab_size:
+        raise CheckpointError(
+            f"checkpoint {path} has a vocabulary of {vocab} but the data gives {corpus.tokenizer.vocab_size} "
+            f"(data.tokenizer={corpus.tokenizer.kind}). Use the data settings it was trained with: "
+            f"{ckpt['config'].get('data')}"
+        )
+    if ckpt.get("tokenizer") is not None and not _same_tokenizer(ckpt["tokenizer"], corpus.tokenizer.state_dict()):
+        raise CheckpointError(
+            f"checkpoint {path} was trained with a different vocabulary (same size, different ids) than the data "
+            f"at {corpus.source}. Use the data it was trained with: {ckpt['config'].get('data')}"
+        )
+
+
+def _same_tokenizer(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_tokenizer(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    return a == b
+
+
+def load_learner(ckpt: Dict[str, Any], meta_cfg: DictConfig, names: Sequence[str], stats: GradStats,
+                 path: str | Path, device: torch.device) -> nn.Module:
+    """The learned meta-learner of a stage-2 checkpoint, as its config describes it, with its trained φ."""
+    learner = build_rule(meta_cfg, names, stats, name="gated")
+    try:
+        learner.load_state_dict(ckpt["meta_learner"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"the meta-learner in checkpoint {path} does not match the one its config.meta describes ({e}). "
+            "Was the checkpoint edited, or written by another version of dynlm?"
+        ) from None
+    return learner.to(device)
+
+
+def stored_grad_stats(ckpt: Dict[str, Any], names: Sequence[str], device) -> Optional[GradStats]:
+    """The statistics the checkpoint carries (stage 2 stores them), or None (a stage-1 checkpoint)."""
+    if ckpt.get("grad_stats") is None:
+        return None
+    stats = GradStats.from_state_dict(ckpt["grad_stats"], device)
+    stats.check_covers(names)
+    return stats
+
+
+def grad_stats_for(
+    model: nn.Module,
+    names: Sequence[str],
+    ckpt: Dict[str, Any],
+    ckpt_path: str | Path,
+    split: Split,
+    split_sha256: str,
+    tokens: int,
+    streams: int,
+    seg_len: int,
+    cache_dir: Optional[str] = None,
+    use_cache: bool = True,
+    ckpt_sha256: Optional[str] = None,
+) -> Tuple[GradStats, str]:
+    """The gradient statistics of `model` for the dynamic `names`, and where they came from: "checkpoint",
+    "cached" or "measured" (on `tokens` tokens of `split`, read as `streams` article streams of `seg_len`-token
+    segments, over all ranks; then cached unless `use_cache` is false)."""
+    device = next(model.parameters()).device
+    stats = stored_grad_stats(ckpt, names, device)
+    if stats is not None:
+        return stats, "checkpoint"
+    path = Path(ckpt_path)
+    cached = None
+    if use_cache:
+        cached = cache_path(cache_dir, ckpt_sha256 or sha256_file(path), split_sha256, names, tokens, streams, seg_len)
+        stats = load_cached(cached, names, device)
+        if dist.sum_floats(float(stats is None))[0] > 0:  # every rank measures, or none does
+            stats = None
+    if stats is not None:
+        dist.print0(f"gradient statistics of {path.name} on {stats.tokens} {split.name} tokens, from the cache "
+                    f"{cached}")
+        return stats, "cached"
+    dist.print0(f"{path.name} has no gradient statistics (a stage-1 checkpoint); measuring them on {tokens} "
+                f"{split.name} tokens ({streams} streams of {seg_len}-token segments) ...")
+    started = time.time()
+    reader = MetaStreams(split, streams, seg_len, dist.rank(), dist.world_size())
+    stats = measure_grad_stats(model, names, reader, tokens)
+    dist.print0(f"measured on {stats.tokens} {split.name} tokens in {time.time() - started:.0f}s")
+    if cached is not None and dist.is_main() and save_cached(cached, stats):
+        dist.print0(f"cached in {cached}")
+    return stats, "measured"
+
+
+__all__ = ["check_data_matches", "grad_stats_for", "lm_from_checkpoint", "load_learner", "load_lm",
+           "stored_grad_stats", "CheckpointError"]

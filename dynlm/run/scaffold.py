@@ -1,0 +1,132 @@
+"""The one run scaffold of both training stages: set-up, resume, logger, atomic checkpoints, keep-best
+validation and the budget loop.
+
+A stage is a `Task`: it builds its model and data, restores its own state from a checkpoint, and exports its
+unit of work (`step`: an LM step in stage 1, a meta-training window in stage 2). Everything around that unit
+is here, once:
+
+    device, seeds -> resume path -> task (built, restored) -> per-rank seed, RNG restore -> config.yaml,
+    logger, progress bar -> until the budget is spent: step, log every `log_interval`, validate every
+    `eval_interval` (best.pt when better, then last.pt) -> a final validation.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from .. import dist
+from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
+from .logger import RunLogger
+from .progress import Progress, budget_exhausted
+from .setup import config_dict, restore_rank_rng, resume_path, save_resolved_config, seed_everything, seed_rank, \
+    select_device
+
+
+class Task(Protocol):
+    """What a training stage gives the scaffold."""
+
+    stage: str  # "lm" | "meta": the checkpoint's `stage` and the progress bar's label
+    cfg: DictConfig  # the effective config (stage 2 records the stage-1 model's)
+    corpus: Any  # its tokenizer and data checksums go into every checkpoint
+
+    def step(self, progress: Progress) -> bool:
+        """One unit of work; advances `progress.tokens/position/epoch`. True asks for a log record now."""
+
+    def metrics(self, progress: Progress, seconds: float) -> Dict[str, float]:
+        """The scalars to log for the steps since the previous call, which took `seconds`."""
+
+    def postfix(self, metrics: Dict[str, float]) -> Dict[str, str]:
+        """The progress bar's summary of `metrics`."""
+
+    def validate(self, logger: RunLogger, step: int) -> Tuple[float, Dict[str, float]]:
+        """`(loss that selects best.pt, scalars to log)`; every rank gets the same loss."""
+
+    def checkpoint_state(self) -> Dict[str, Any]:
+        """The stage's part of a checkpoint. Called on every rank (it may gather per-stream states)."""
+
+    def result(self, progress: Progress, valid_loss: float) -> Dict[str, float]:
+        """What `train` returns after the final validation."""
+
+
+TaskBuilder = Callable[[DictConfig, torch.device, Optional[Dict[str, Any]], Optional[Path]], Task]
+
+
+def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, float]:
+    """Train the task `build(cfg, device, resumed checkpoint or None, its path)` makes, in `run_dir`."""
+    run_dir = Path(run_dir)
+    tc = cfg.trainer
+    device = select_device(tc.device)
+    seed_everything(tc.seed)
+    ckpt_path = resume_path(tc.resume, run_dir)
+    resumed = load_checkpoint(ckpt_path, map_location="cpu") if ckpt_path is not None else None
+    task = build(cfg, device, resumed, ckpt_path)
+    seed_rank(tc.seed)  # the same weights everywhere (built with one seed), each rank its own dropout masks
+    progress = Progress()
+    if resumed is not None:
+        progress = Progress(**resumed["progress"])
+        restore_rank_rng(resumed, tc.seed, progress.step)
+        dist.print0(f"resumed from {ckpt_path} at step {progress.step}")
+
+    save_resolved_config(task.cfg, run_dir)
+    logger = RunLogger(run_dir, task.cfg.logger, config_dict(task.cfg))
+    bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not (tc.progress_bar and dist.is_main()),
+               desc="train" if task.stage == "lm" else task.stage, dynamic_ncols=True)
+
+    def checkpoint(name: str) -> None:
+        state = task.checkpoint_state()  # collectives first, on every rank
+        rng_ranks = dist.gather_objects(capture_rng())
+        if not dist.is_main():
+            return
+        payload = {
+            "stage": task.stage, "config": config_dict(task.cfg), "tokenizer": task.corpus.tokenizer.state_dict(),
+            "data_checksums": dict(task.corpus.checksums), "progress": progress.__dict__,
+            "rng": rng_ranks[0], "rng_ranks": rng_ranks, **state,
+        }
+        save_checkpoint(payload, run_dir / "checkpoints" / name)
+
+    def validate() -> float:
+        loss, metrics = task.validate(logger, progress.step)
+        logger.log(metrics, progress.step)
+        if loss < progress.best_valid_loss:
+            progress.best_valid_loss = loss
+            checkpoint("best.pt")
+        checkpoint("last.pt")
+        return loss
+
+    def done() -> bool:
+        return budget_exhausted(tc, progress)
+
+    started = time.time() - progress.elapsed
+    window_start = time.time()
+    steps_this_session = 0
+    try:
+        while not done():
+            dist.inject_failure(tc.fail_at_step, progress.step)
+            force_log = task.step(progress)
+            progress.step += 1
+            steps_this_session += 1
+            progress.elapsed = dist.broadcast_float(time.time() - started)  # rank 0's clock: stop together
+            if progress.step % tc.log_interval == 0 or force_log or done():
+                metrics = task.metrics(progress, max(time.time() - window_start, 1e-9))
+                logger.log(metrics, progress.step)
+                bar.set_postfix(task.postfix(metrics))
+                window_start = time.time()
+            bar.update(1)
+            if progress.step % tc.eval_interval == 0 and not done():
+                validate()
+            if tc.stop_after_steps is not None and steps_this_session >= tc.stop_after_steps and not done():
+                checkpoint("last.pt")
+                dist.print0(f"stopping after {steps_this_session} steps as asked (trainer.stop_after_steps)")
+                return {"step": progress.step, "stopped": 1.0}
+        return task.result(progress, validate())
+    finally:
+        bar.close()
+        logger.finish()
+
+
+__all__ = ["Task", "TaskBuilder", "run"]

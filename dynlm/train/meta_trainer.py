@@ -1,0 +1,280 @@
+"""Stage 2: train the meta-learner φ by truncated meta-BPTT over checkpointed segments (DESIGN §3).
+
+B article streams are read in parallel, each with its own dynamic weights. A window is K segments of L
+tokens; each segment is evaluated first and then used for an update, and the meta-loss is the mean segment
+loss over the window. After Adam steps φ (and θ0 under EWC when `meta.train_static`), the reading state is
+detached: the truncation that keeps memory flat however long an article is. The unit of work is
+`meta_window`; the loop around it is the run scaffold's (`run/scaffold.py`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from .. import dist
+from ..data import MetaStreams, load_corpus
+from ..dynamic.fast_weights import finite_streams, select_dynamic, zero_rows
+from ..dynamic.grad_stats import GradStats
+from ..dynamic.reading_state import ReadingState, fresh_state
+from ..dynamic.rules import build_rule
+from ..dynamic.segment import adapt_segment
+from ..model import LMState, detach_state, static_weights, token_nll
+from ..run.checkpoint import load_checkpoint, load_weights
+from ..run.from_checkpoint import check_data_matches, grad_stats_for, lm_from_checkpoint
+from ..run.logger import RunLogger
+from ..run.progress import Progress
+from ..run.scaffold import run
+from .meta_validation import quick_adaptive_valid
+
+WindowHook = Callable[[ReadingState, int], ReadingState]
+
+
+@dataclass
+class MetaLearning:
+    """What a meta-training window reads and trains: the LM (θ0), the learner (φ), their optimiser."""
+
+    meta: DictConfig  # cfg.meta
+    model: nn.Module
+    learner: nn.Module
+    optimizer: torch.optim.Optimizer
+    names: List[str]  # the dynamic parameters
+    stats: GradStats  # also the diagonal Fisher of the EWC penalty
+    anchor: Dict[str, Tensor]  # θ0*, the stage-1 weights (EWC)
+
+
+@dataclass
+class WindowReport:
+    meta_loss: float  # mean segment loss over the finite streams of all ranks
+    static_loss: float  # the static model on the same tokens
+    skipped: int  # 0, or (when the update was skipped) the number of reset streams, at least 1
+    reset_streams: int  # streams whose weights or loss were non-finite, restarted from θ0
+    tokens: int  # over all ranks
+    diag: Dict[str, float]  # the learner's diagnostics (mean gates, step sizes)
+
+
+def _ewc_penalty(model, anchor: Dict[str, Tensor], fisher: Dict[str, Tensor], lam: float):
+    total = None
+    for n, p in model.named_parameters():
+        if n in fisher:
+            term = (fisher[n] * (p - anchor[n]).pow(2)).sum()
+            total = term if total is None else total + term
+    return lam * total
+
+
+def _static_loss(model, x, y, lm_state, new_article):
+    """The static model's mean loss on a segment, reading with its own (h, c)."""
+    lm_state = [(zero_rows(h, new_article), zero_rows(c, new_article)) for h, c in lm_state]
+    out = model(x, lm_state)
+    return token_nll(out.logits, y).mean(), detach_state(out.state)
+
+
+def _sync_grads(params) -> None:
+    """Average meta-gradients over ranks (each rank reads different streams)."""
+    if not dist.is_distributed():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce_sum(p.grad)
+            p.grad.div_(dist.world_size())
+
+
+def meta_window(ml: MetaLearning, streams: MetaStreams, position: int, state: ReadingState, static_lm: LMState
+                ) -> Tuple[ReadingState, LMState, WindowReport]:
+    """Read segments `position .. position + K - 1` of `streams`, adapting as it reads; step φ on the window's
+    mean loss (unless a gradient or a stream is non-finite: then nothing steps and those streams restart from
+    θ0); detach. `static_lm` is the static model's own reading state on the same streams (for the improvement)."""
+    mc, model = ml.meta, ml.model
+    device = next(model.parameters()).device
+    model.train()  # stage 2 reads with stage 1's dropout
+    theta0 = static_weights(model, ml.names)
+    losses: List[Tensor] = []
+    static_losses: List[Tensor] = []
+    diag: Dict[str, Tensor] = {}
+    for k in range(mc.window):
+        batch = streams.batch(position + k)
+        x, y, new = batch.x.to(device), batch.y.to(device), batch.new_article.to(device)
+        state = state.reset(new, theta0)
+        with torch.no_grad():
+            static_loss, static_lm = _static_loss(model, x, y, static_lm, new)
+            static_losses.append(static_loss)
+        seg_loss, _, state, diag = adapt_segment(
+            model, ml.learner, state, theta0, x, y, keep_graph=True,
+            second_order=mc.second_order, use_checkpoint=mc.checkpoint_segments,
+        )
+        losses.append(seg_loss)
+    per_stream = torch.stack(losses).mean(0)  # [b]
+    total = per_stream.mean()
+    if mc.train_static and mc.ewc > 0:
+        total = total + _ewc_penalty(model, ml.anchor, ml.stats.v, mc.ewc)
+    ml.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    params = [p for g in ml.optimizer.param_groups for p in g["params"]]
+    _sync_grads(params)
+    grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)  # same on all ranks
+    streams_ok = finite_streams(state.fast) & torch.isfinite(per_stream.detach())
+    # One all-reduce for the decision (every rank skips or steps together) and the logged means.
+    finite_meta = per_stream.detach()[streams_ok]
+    n_bad, meta_sum, meta_count, static_sum = dist.sum_floats(
+        int((~streams_ok).sum()), float(finite_meta.sum()), finite_meta.numel(),
+        float(torch.stack(static_losses).mean()),
+    )
+    skipped = 0
+    if grads_ok and n_bad == 0:
+        torch.nn.utils.clip_grad_norm_(params, mc.meta_clip)
+        ml.optimizer.step()
+    else:
+        skipped = int(n_bad) or 1
+    state = state.detach().reset(~streams_ok, static_weights(model, ml.names)) if skipped else state.detach()
+    report = WindowReport(
+        meta_loss=meta_sum / meta_count if meta_count else math.nan, static_loss=static_sum / dist.world_size(),
+        skipped=skipped, reset_streams=int(n_bad), tokens=mc.window * x.numel() * dist.world_size(),
+        diag={k: float(v) for k, v in diag.items()},
+    )
+    return state, static_lm, report
+
+
+class MetaTask:
+    """Stage 2 as a task of the run scaffold."""
+
+    stage = "meta"
+
+    def __init__(self, cfg: DictConfig, device: torch.device, resumed: Optional[Dict[str, Any]],
+                 path: Optional[Path], on_window: Optional[WindowHook] = None):
+        mc = cfg.meta
+        if mc.name != "gated":
+            raise ValueError(f"stage=meta trains a learned rule: use meta=gated (meta={mc.name} has nothing to train)")
+        lm_path = path if resumed is not None else mc.lm_checkpoint
+        if lm_path is None:
+            raise ValueError("stage=meta needs meta.lm_checkpoint=<path to a stage-1 checkpoint (best.pt)>")
+        lm_ckpt = resumed if resumed is not None else load_checkpoint(lm_path, map_location="cpu")
+        model = lm_from_checkpoint(lm_ckpt, lm_path).to(device)
+        # The model is the checkpoint's: record its config so this run's checkpoints describe it.
+        self.cfg = cfg = OmegaConf.merge(cfg, {"model": lm_ckpt["config"]["model"]})
+        self.corpus = corpus = load_corpus(cfg.data, splits=tuple(dict.fromkeys([mc.split, "valid"])))
+        check_data_matches(lm_ckpt, corpus, lm_path)
+        self.on_window, self.device = on_window, device
+
+        names = select_dynamic(model, mc.dynamic)
+        self.streams = MetaStreams(corpus.splits[mc.split], mc.batch_size, mc.seg_len, dist.rank(), dist.world_size())
+        stats, _ = grad_stats_for(model, names, lm_ckpt, lm_path, corpus.splits[mc.split], corpus.checksums[mc.split],
+                                  mc.gradstat_tokens, mc.batch_size, mc.seg_len, cfg.data.cache_dir)
+        learner = build_rule(mc, names, stats).to(device)
+        anchor = {n: p.detach().clone() for n, p in model.named_parameters()}  # θ0*, the stage-1 weights
+        for p in model.parameters():
+            p.requires_grad_(bool(mc.train_static))
+        groups = [{"params": list(learner.parameters()), "lr": mc.meta_lr}]
+        if mc.train_static:
+            groups.append({"params": list(model.parameters()), "lr": mc.static_lr})
+        self.ml = MetaLearning(mc, model, learner, torch.optim.Adam(groups), names, stats, anchor)
+
+        theta0 = static_weights(model, names)
+        # learner state `[1, *shape]` (broadcast over streams, like the reading loop): a bare `[*shape]` breaks resets
+        self.state = fresh_state(model, theta0, self.streams.num_local_streams,
+                                 learner.init_learner_state({n: t.unsqueeze(0) for n, t in theta0.items()}))
+        self.static_lm = model.init_state(self.streams.num_local_streams)
+        if resumed is not None:
+            self._restore(resumed, path)
+        self._tokens = 0
+        self._last: Optional[WindowReport] = None
+
+    def _restore(self, ckpt: Dict[str, Any], path: Path) -> None:
+        ml, device, b = self.ml, self.device, self.streams.num_streams
+        load_weights(ml.model, ckpt["model"], source=f"checkpoint {path}")
+        ml.learner.load_state_dict(ckpt["meta_learner"])
+        ml.optimizer.load_state_dict(ckpt["meta_optimizer"])
+        ml.anchor = {n: t.to(device) for n, t in ckpt["anchor"].items()}
+        # Saved in global stream order (gathered from every rank): any number of ranks takes its own rows.
+        saved = ReadingState.from_dict(ckpt["reading_state"], "cpu")
+        if saved.batch_size == b:
+            self.state = ReadingState.from_dict(_map_tensors(ckpt["reading_state"], dist.shard_streams), device)
+        else:
+            dist.print0(f"the checkpoint's reading state has {saved.batch_size} streams, not meta.batch_size="
+                        f"{b}: streams restart from θ0")
+        if ckpt.get("static_lm") is not None and ckpt["static_lm"][0][0].shape[0] == b:
+            self.static_lm = [(dist.shard_streams(h).to(device), dist.shard_streams(c).to(device))
+                              for h, c in ckpt["static_lm"]]
+
+    def step(self, progress: Progress) -> bool:
+        if self.on_window is not None:
+            self.state = self.on_window(self.state, progress.step)
+        self.state, self.static_lm, report = meta_window(self.ml, self.streams, progress.position, self.state,
+                                                         self.static_lm)
+        if report.skipped:
+            dist.print0(f"step {progress.step}: non-finite meta-gradient or weights; update skipped, "
+                        f"{report.reset_streams} stream(s) reset to θ0")
+        progress.position += self.ml.meta.window
+        progress.tokens += report.tokens
+        progress.epoch = progress.position // max(self.streams.segments_per_epoch, 1)
+        self._tokens += report.tokens
+        self._last = report
+        return bool(report.skipped)
+
+    def metrics(self, progress: Progress, seconds: float) -> Dict[str, float]:
+        r = self._last
+        out = {
+            "meta/loss": r.meta_loss, "meta/static_loss": r.static_loss, "meta/improvement": r.static_loss - r.meta_loss,
+            "meta/skipped_updates": r.skipped, "meta/tokens_per_s": self._tokens / seconds, "meta/tokens": progress.tokens,
+        }
+        out.update({f"meta/{k}": v for k, v in r.diag.items()})
+        self._tokens = 0
+        return out
+
+    def postfix(self, m: Dict[str, float]) -> Dict[str, str]:
+        return {"loss": f"{m['meta/loss']:.3f}", "gain": f"{m['meta/improvement']:+.3f}"}
+
+    def validate(self, logger: RunLogger, step: int):
+        ml = self.ml
+        metrics = quick_adaptive_valid(ml.model, ml.learner, ml.stats, ml.names, self.corpus, self.cfg,
+                                       logger=logger, step=step)
+        # Every rank evaluates the same articles with the same weights; rank 0's loss decides for all.
+        return dist.broadcast_float(metrics["valid/meta/loss"]), metrics
+
+    def checkpoint_state(self) -> Dict[str, Any]:
+        ml = self.ml
+        return {
+            "model": {n: p.detach().cpu() for n, p in ml.model.named_parameters()},
+            "anchor": {n: t.cpu() for n, t in ml.anchor.items()},
+            "dynamic_names": ml.names,
+            "grad_stats": ml.stats.state_dict(),
+            "meta_learner": {k: v.cpu() for k, v in ml.learner.state_dict().items()},
+            "meta_optimizer": ml.optimizer.state_dict(),
+            "reading_state": _map_tensors(_state_dict(self.state), dist.gather_streams),
+            "static_lm": [(dist.gather_streams(h), dist.gather_streams(c)) for h, c in self.static_lm],
+        }
+
+    def result(self, progress: Progress, valid_loss: float) -> Dict[str, float]:
+        return {"step": progress.step, "valid/meta/loss": valid_loss, "valid/meta/ppl": math.exp(valid_loss)}
+
+
+def _state_dict(state: ReadingState) -> dict:
+    """The reading state's tensors on their device (contiguous), in the layout of `ReadingState.to_cpu`."""
+    return {
+        "lm": [(h.detach(), c.detach()) for h, c in state.lm],
+        "fast": {n: t.detach().contiguous() for n, t in state.fast.items()},
+        # a learner state still at its shared initial value `[1, *shape]` is expanded to one row per stream
+        "learner": {n: (t if n not in state.fast or t.shape == state.fast[n].shape else
+                        t.expand_as(state.fast[n])).detach().contiguous() for n, t in state.learner.items()},
+    }
+
+
+def _map_tensors(d: dict, fn) -> dict:
+    """Apply `fn` to every per-stream tensor of a reading-state dict."""
+    return {
+        "lm": [(fn(h), fn(c)) for h, c in d["lm"]],
+        "fast": {n: fn(t) for n, t in d["fast"].items()},
+        "learner": {n: fn(t) for n, t in d["learner"].items()},
+    }
+
+
+def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowHook] = None) -> Dict[str, float]:
+    """`on_window(state, step)` may replace the reading state before each window (fault injection in tests)."""
+    return run(cfg, run_dir, lambda c, device, resumed, path: MetaTask(c, device, resumed, path, on_window))
+
+
+__all__ = ["MetaLearning", "MetaTask", "WindowReport", "meta_window", "train_meta"]
