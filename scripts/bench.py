@@ -8,53 +8,77 @@
 One JSON line per figure on stdout. Timed callables are run in interleaved order (the order rotates every
 repetition) after a warm-up, and every figure is the median over repetitions of the ratio of the two times
 taken next to each other, so a machine shared with other work moves both sides alike. Absolute medians
-are printed for context. Figures:
+are printed for context.
 
-- `lstm_fwd_bwd`  per-stream-weight LSTM layer fwd+bwd (grads w.r.t. weights, input, state) / `nn.LSTM`
-                  with shared weights, same shapes (B=8, H=512, I=512, T=70).
-- `lm_train`      stage-1 tokens/s of the AWD-LSTM train step (model=small, its dropouts, AR/TAR, clip, SGD)
-                  / a plain `nn.LSTM` LM of the same sizes, tied embeddings, no regularisation.
-- `meta_train`    stage-2 time per token (a window of K segments through `adapt_segment(keep_graph=True)`,
-                  backward, clip, Adam) / stage-1 time per token on the same model and the same tokens.
-- `adaptive_eval` time per token of `meta` and `dyneval` adaptive evaluation / `static` evaluation.
-- `memory`        peak memory of one meta-training window for K = 4, 8, 16, 32, with and without
-                  checkpointed segments. On CPU: peak resident memory growth of this process (the kernel's
-                  high-water mark, reset before each window via /proc/self/clear_refs, with glibc's mmap
-                  threshold pinned so that freed tensors go back to the OS); on CUDA:
-                  `torch.cuda.max_memory_allocated`.
+Each figure times the library's own exported unit of work, on a config composed from `conf/` with Hydra's
+compose API exactly as `scripts/train.py` composes it (`model=small`; `--quick`: `model=tiny`). The sizes
+that are choices of the benchmark (stage 1's B and bptt, stage 2's B, L, K, the K of the memory figure,
+checkpointing, no regularisation) are overrides of that config, and everything else (dropouts, AR/TAR,
+optimiser, clip, `meta.dynamic`, the learner) is conf's. The data is a synthetic corpus in the WikiText layout
+(` = Title = ` lines, blank lines, text lines of random words; a 33,278-word vocabulary, ~300 with --quick),
+turned into real `Split` / `MetaStreams` objects by `dynlm.data`, and the gradient statistics the update
+rules read are measured on it through `grad_stats_for`, the path stage 2 and evaluation take. Figures:
+
+- `lstm_fwd_bwd`  `dynlm.model.lstm_layer` (per-stream weights) fwd+bwd (grads w.r.t. weights, input, state)
+                  / `nn.LSTM` with shared weights, same shapes (B=8, H=512, I=512, T=70); also
+                  `lstm_layer_loop` (the plain autograd recurrence).
+- `lm_train`      stage-1 tokens/s of `dynlm.train.lm_trainer.lm_step` (conf's model=small with its
+                  dropouts and AR/TAR, `build_optimizer(cfg.optim)`, clip; B=20, bptt=70) / a plain `nn.LSTM`
+                  LM of the same sizes, tied embeddings, no regularisation; `ratio_noreg`: `lm_step` with
+                  every dropout and AR/TAR overridden to 0.
+- `meta_train`    stage-2 time per token of `dynlm.train.meta_trainer.meta_window` (B=4, L=5, K=4,
+                  checkpointed, first order, `meta.dynamic=[layers.*]`; each call reads the next window of
+                  `MetaStreams`, as stage 2 does) / `lm_step` time per token on the same model config and the
+                  same tokens (the window's K·L tokens of the B streams as one [K·L, B] batch).
+- `adaptive_eval` time per token of `dynlm.dynamic.reading.read_stream` with the `meta` rule and the
+                  `dyneval` rule (`build_rule(cfg.meta, ..., name=...)`, L = meta.seg_len, batch 1) / static
+                  `read_stream` (`data.eval_bptt` tokens per forward pass), on the synthetic valid tokens.
+- `memory`        peak memory of one `meta_window` for K = 4, 8, 16, 32 (`meta.window=K`), with and without
+                  checkpointed segments (`meta.checkpoint_segments`). On CPU: peak resident memory growth of
+                  this process (the kernel's high-water mark, reset before each window via
+                  /proc/self/clear_refs, with glibc's mmap threshold pinned so that freed tensors go back to
+                  the OS); on CUDA: `torch.cuda.max_memory_allocated`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import ctypes
+import dataclasses
+import functools
 import gc
 import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from dynlm.dynamic.adapt import adapt_segment  # noqa: E402
-from dynlm.dynamic.fast_weights import select_dynamic, static_weights  # noqa: E402
-from dynlm.dynamic.grad_stats import GradStats  # noqa: E402
-from dynlm.dynamic.reading_state import fresh_state  # noqa: E402
-from dynlm.dynamic.rules import DynEvalRule, GatedMetaLearner  # noqa: E402
-from dynlm.eval.adaptive import adaptive_token_nll  # noqa: E402
-from dynlm.eval.static import static_token_nll  # noqa: E402
-from dynlm.model import (  # noqa: E402
-    AWDLSTM, activation_regularization, detach_state, lstm_layer, lstm_layer_loop, token_nll,
-)
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from dynlm.config import register_configs  # noqa: E402
+from dynlm.data import MetaStreams, Split, WordVocab, batchify, build_split, get_batch  # noqa: E402
+from dynlm.dynamic.fast_weights import select_dynamic  # noqa: E402
+from dynlm.dynamic.reading import read_stream  # noqa: E402
+from dynlm.dynamic.rules import build_rule  # noqa: E402
+from dynlm.model import AWDLSTM, build_model, lstm_layer, lstm_layer_loop, static_weights  # noqa: E402
+from dynlm.run.from_checkpoint import grad_stats_for  # noqa: E402
+from dynlm.train.lm_trainer import build_optimizer, lm_step  # noqa: E402
+from dynlm.train.meta_trainer import MetaLearning, build_meta_learning, fresh_window_state, meta_window  # noqa: E402
 
 FIGURES = ("lstm_fwd_bwd", "lm_train", "meta_train", "adaptive_eval", "memory")
 TARGETS = {
@@ -66,39 +90,43 @@ TARGETS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sizes:
-    # lstm_fwd_bwd
+    """The benchmark's own choices. Model sizes, regularisation and everything else come from conf/."""
+
+    # lstm_fwd_bwd (a kernel micro-benchmark, outside the configs)
     lstm_b: int = 8
     lstm_h: int = 512
     lstm_i: int = 512
     lstm_t: int = 70
-    # the model=small LM (lm_train, meta_train, adaptive_eval, memory)
-    vocab: int = 33278
-    emb: int = 200
-    hidden: int = 400
-    layers: int = 2
-    lm_batch: int = 20
-    bptt: int = 70
-    # stage 2 (MetaConfig defaults)
-    meta_b: int = 4
-    seg_len: int = 5
-    window: int = 4
-    eval_tokens: int = 250
-    memory_windows: tuple = (4, 8, 16, 32)
+    # the config: conf/model/<model>.yaml, and the overrides below
+    model: str = "small"
+    lm_batch: int = 20  # data.batch_size
+    bptt: int = 70  # data.bptt
+    meta_b: int = 4  # meta.batch_size
+    seg_len: int = 5  # meta.seg_len
+    window: int = 4  # meta.window
+    memory_windows: Tuple[int, ...] = (4, 8, 16, 32)  # meta.window of the memory figure
+    # the synthetic corpus
+    vocab: int = 33278  # WikiText-2's
+    train_articles: int = 8
+    article_tokens: int = 6000  # about; the train split holds every word of the vocabulary at least once
+    valid_articles: int = 3
+    eval_tokens: int = 250  # adaptive_eval reads the first ones of valid
+    gradstat_batches: int = 2  # segment batches of the B meta streams for the statistics
     reps: int = 7
     warmup: int = 1
 
 
 QUICK = Sizes(
-    lstm_b=2, lstm_h=32, lstm_i=24, lstm_t=8, vocab=300, emb=16, hidden=24, lm_batch=4, bptt=10,
-    meta_b=2, seg_len=3, window=2, eval_tokens=30, memory_windows=(2, 4), reps=3, warmup=1,
+    lstm_b=2, lstm_h=32, lstm_i=24, lstm_t=8, model="tiny", lm_batch=4, bptt=10, meta_b=2, seg_len=3, window=2,
+    memory_windows=(2, 4), vocab=300, train_articles=6, article_tokens=200, valid_articles=2, eval_tokens=30,
+    reps=3, warmup=1,
 )
 
-# model=small's regularisation (conf/model/small.yaml)
-SMALL_REG = dict(dropout=0.3, dropouth=0.15, dropouti=0.3, dropoute=0.05, wdrop=0.3)
-SMALL_AR = (2.0, 1.0)
-NO_REG = dict(dropout=0.0, dropouth=0.0, dropouti=0.0, dropoute=0.0, wdrop=0.0)
+# The "no regularisation" variant of the model config (lm_train's ratio_noreg).
+NO_REG = {"model.dropout": 0, "model.dropouth": 0, "model.dropouti": 0, "model.dropoute": 0, "model.wdrop": 0,
+          "model.alpha": 0, "model.beta": 0}
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -143,21 +171,140 @@ def env_info(device: torch.device) -> dict:
     return info
 
 
-def emit(name: str, ratio: float, cfg: Sizes, quick: bool, device, **numbers) -> dict:
+def emit(name: str, ratio: float, s: Sizes, quick: bool, device, **numbers) -> dict:
     op, target = TARGETS[name]
     met = (ratio <= target if op == "<=" else ratio >= target) and math.isfinite(ratio) and ratio > 0
     rec = {"figure": name, "ratio": round(ratio, 4), "target": f"{op} {target}", "met": bool(met),
-           "mode": "quick" if quick else "full", "reps": cfg.reps}
+           "mode": "quick" if quick else "full", "reps": s.reps}
     rec.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in numbers.items()})
     rec["env"] = env_info(device)
     print(json.dumps(rec), flush=True)
     return rec
 
 
-# ----------------------------------------------------------------------------------------------- builders
-def small_model(s: Sizes, device, reg: dict, seed: int = 0) -> AWDLSTM:
+# ----------------------------------------------------------------------------------------------- config, data
+@functools.lru_cache(maxsize=None)
+def _compose(overrides: Tuple[str, ...]) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def bench_config(s: Sizes, **extra) -> DictConfig:
+    """conf/config.yaml with `model=<s.model>` and the benchmark's sizes as overrides (`extra`: more of them,
+    e.g. `**{"meta.window": 8}`). Composed once per set of overrides; a fresh copy each call."""
+    # optim.lr=1: the stage-1 figure trains on one batch again and again; conf's lr 30 can make that diverge
+    o = {"model": s.model, "optim.lr": 1.0, "data.batch_size": s.lm_batch, "data.bptt": s.bptt, "meta.batch_size": s.meta_b,
+         "meta.seg_len": s.seg_len, "meta.window": s.window}
+    o.update(extra)
+    text = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in o.items()}
+    return copy.deepcopy(_compose(tuple(f"{k}={v}" for k, v in text.items())))
+
+
+@dataclass
+class SyntheticData:
+    vocab: WordVocab
+    train: Split
+    valid: Split
+
+
+def wikitext_lines(rng: random.Random, words: List[str], num_articles: int, tokens: int,
+                   order: Sequence[str] = ()) -> List[str]:
+    """WikiText layout: a leading blank line, then per article ` = Title = `, a blank line, and text lines of
+    `words` each followed by a blank line. The text is `order` followed by random words, `tokens` words per
+    article on average (more when `order` needs it)."""
+    total = max(num_articles * tokens, len(order) + num_articles)
+    text = list(order) + rng.choices(words, k=total - len(order))
+    per_article = -(-len(text) // num_articles)
+    lines = [" "]
+    for a in range(num_articles):
+        body = text[a * per_article:(a + 1) * per_article]
+        lines += [f" = {words[a % len(words)]} = ", " "]
+        i = 0
+        while i < len(body):
+            n = rng.randint(10, 100)
+            lines += [" " + " ".join(body[i:i + n]) + " ", " "]
+            i += n
+    return lines
+
+
+@functools.lru_cache(maxsize=None)
+def synthetic_data(s: Sizes) -> SyntheticData:
+    """A train and a valid split in the WikiText layout over a vocabulary of exactly `s.vocab` tokens (the
+    random words, `=` of the title lines, `<eos>`), through the library's own vocabulary and split builders."""
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(s.vocab - 2)]
+    order = words[:]
+    rng.shuffle(order)  # every word occurs in train
+    train_lines = wikitext_lines(rng, words, s.train_articles, s.article_tokens, order)
+    valid_lines = wikitext_lines(rng, words, s.valid_articles, -(-s.eval_tokens // s.valid_articles) + 50)
+    vocab = WordVocab.build(train_lines)
+    if vocab.vocab_size != s.vocab:
+        raise AssertionError(f"synthetic vocabulary has {vocab.vocab_size} tokens, not {s.vocab}")
+    return SyntheticData(vocab, build_split("train", train_lines, vocab), build_split("valid", valid_lines, vocab))
+
+
+def stage1_model(cfg: DictConfig, data: SyntheticData, device, seed: int = 0) -> AWDLSTM:
     torch.manual_seed(seed)
-    return AWDLSTM(s.vocab, s.emb, s.hidden, s.layers, **reg).to(device)
+    return build_model(cfg.model, data.vocab.vocab_size).to(device)
+
+
+def stage2_setup(cfg: DictConfig, s: Sizes, data: SyntheticData, device, seed: int = 0):
+    """A model of `cfg.model`, its dynamic parameters (`cfg.meta.dynamic`), the B meta streams of train and
+    the gradient statistics measured on their first `s.gradstat_batches` segment batches."""
+    model = stage1_model(cfg, data, device, seed)
+    names = select_dynamic(model, cfg.meta.dynamic)
+    streams = MetaStreams(data.train, cfg.meta.batch_size, cfg.meta.seg_len)
+    # the path stage 2 and evaluation take; with no checkpoint and no cache it is the measurement itself
+    tokens = s.gradstat_batches * streams.num_streams * streams.seg_len
+    with contextlib.redirect_stdout(sys.stderr):  # its messages stay off the JSON lines
+        stats, _ = grad_stats_for(model, names, {}, "synthetic", data.train, "", tokens, streams.num_streams,
+                                  streams.seg_len, use_cache=False)
+    return model, names, streams, stats
+
+
+def sizes_of(cfg: DictConfig, data: SyntheticData, **more) -> dict:
+    m = cfg.model
+    return dict(model=m.name, V=data.vocab.vocab_size, emb=m.emb_size, hidden=m.hidden_size, layers=m.num_layers,
+                **more)
+
+
+# ----------------------------------------------------------------------------------------------- callables
+class LMSteps:
+    """Stage 1's `lm_step`, call after call, carrying the hidden state; `batch()` gives each call's (x, y)."""
+
+    def __init__(self, cfg: DictConfig, model: AWDLSTM, batch: Callable[[], Tuple[torch.Tensor, torch.Tensor]]):
+        self.cfg, self.model, self.batch = cfg, model, batch
+        self.optimizer = build_optimizer(cfg.optim, model)
+        self.hidden = None
+
+    def __call__(self) -> float:
+        x, y = self.batch()
+        if self.hidden is None:
+            self.hidden = self.model.init_state(x.shape[1])
+        self.model.train()
+        nll, self.hidden = lm_step(self.cfg, self.model, self.model, self.optimizer, x, y, self.hidden)
+        return nll
+
+
+class MetaWindows:
+    """Stage 2's `meta_window`, call after call: each call reads the next K segments of the streams."""
+
+    def __init__(self, ml: MetaLearning, streams: MetaStreams, position: int = 0):
+        self.ml, self.streams, self.position = ml, streams, position
+        self.state, self.static_lm = fresh_window_state(ml, streams.num_local_streams)
+
+    def __call__(self):
+        self.state, self.static_lm, report = meta_window(self.ml, self.streams, self.position, self.state,
+                                                         self.static_lm)
+        self.position += self.ml.meta.window
+        return report
+
+
+def window_tokens(streams: MetaStreams, position: int, window: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The K segments `position .. position + K - 1` of the B streams as one [K·L, B] batch."""
+    batches = [streams.batch(position + k) for k in range(window)]
+    return torch.cat([b.x for b in batches]).to(device), torch.cat([b.y for b in batches]).to(device)
 
 
 class PlainLM(nn.Module):
@@ -183,82 +330,12 @@ class PlainLM(nn.Module):
                 for r in self.rnns]
 
 
-def random_stats(model: nn.Module, names, seed: int = 1) -> GradStats:
-    """Stand-in for measured mean squared gradients (their values only steer the gates' features)."""
-    g = torch.Generator().manual_seed(seed)
-    params = dict(model.named_parameters())
-    v = {n: ((torch.rand(params[n].shape, generator=g) + 0.05) * 1e-3).to(params[n].device) for n in names}
-    return GradStats(v, tokens=1000)
-
-
-def token_stream(n: int, b: int, vocab: int, device, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (n, b), generator=g).to(device)
-
-
-class MetaWindow:
-    """One stage-2 window as `meta_trainer.train_meta` runs it: K x adapt_segment(keep_graph), backward,
-    clip, Adam on φ, detach at the window boundary. Keeps reading the same stream window after window."""
-
-    def __init__(self, model, s: Sizes, device, window: int, use_checkpoint: bool = True, second_order=False):
-        self.model, self.s, self.window = model, s, window
-        self.second_order, self.use_checkpoint = second_order, use_checkpoint
-        self.names = select_dynamic(model, ["layers.*"])
-        stats = random_stats(model, self.names)
-        self.learner = GatedMetaLearner(self.names, stats, use_checkpoint=use_checkpoint).to(device)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.opt = torch.optim.Adam(self.learner.parameters(), 1e-3)
-        self.theta0 = static_weights(model, self.names)
-        self.state = fresh_state(model, self.theta0, s.meta_b, self.learner.init_learner_state(self.theta0))
-        self.stream = token_stream(window * s.seg_len + 1, s.meta_b, s.vocab, device, seed=3)
-
-    def __call__(self):
-        L = self.s.seg_len
-        losses = []
-        state = self.state
-        for k in range(self.window):
-            x, y = self.stream[k * L:(k + 1) * L], self.stream[k * L + 1:(k + 1) * L + 1]
-            seg_loss, _, state, _ = adapt_segment(
-                self.model, self.learner, state, self.theta0, x, y, keep_graph=True,
-                second_order=self.second_order, use_checkpoint=self.use_checkpoint,
-            )
-            losses.append(seg_loss)
-        meta_loss = torch.stack(losses).mean()
-        self.opt.zero_grad(set_to_none=True)
-        meta_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.learner.parameters(), 1.0)
-        self.opt.step()
-        self.state = state.detach()
-        return float(meta_loss.detach())
-
-
-class LMStep:
-    """One stage-1 step as `lm_trainer.train_lm` runs it (forward, NLL + AR/TAR, backward, clip, SGD)."""
-
-    def __init__(self, model: AWDLSTM, x, y, ar=SMALL_AR, lr: float = 1.0):
-        self.model, self.x, self.y, self.ar = model, x, y, ar
-        model.train()
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=1.2e-6)
-        self.hidden = model.init_state(x.shape[1])
-
-    def __call__(self):
-        out = self.model(self.x, detach_state(self.hidden))
-        self.hidden = out.state
-        nll = token_nll(out.logits, self.y).mean()
-        loss = nll + activation_regularization(out.last_dropped, out.last_raw, *self.ar)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.25)
-        self.opt.step()
-
-
 class PlainStep:
-    def __init__(self, model: PlainLM, x, y, lr: float = 1.0):
-        self.model, self.x, self.y = model, x, y
-        self.opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=1.2e-6)
+    """The reference's train step: forward, cross-entropy, backward, clip, SGD (conf's lr, weight decay, clip)."""
+
+    def __init__(self, model: PlainLM, x, y, lr: float, weight_decay: float, clip: float):
+        self.model, self.x, self.y, self.clip = model, x, y, clip
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.hidden = model.init_state(x.shape[1], x.device)
 
     def __call__(self):
@@ -267,7 +344,7 @@ class PlainStep:
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.y.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.25)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
 
 
@@ -321,57 +398,71 @@ def fig_lstm_fwd_bwd(s: Sizes, device, quick: bool) -> dict:
 
 
 def fig_lm_train(s: Sizes, device, quick: bool) -> dict:
-    T, B = s.bptt, s.lm_batch
-    data = token_stream(T + 1, B, s.vocab, device)
-    x, y = data[:-1], data[1:]
-    ours = LMStep(small_model(s, device, SMALL_REG), x, y)
-    noreg = LMStep(small_model(s, device, NO_REG), x, y, ar=(0.0, 0.0))
+    cfg, cfg_noreg = bench_config(s), bench_config(s, **NO_REG)
+    data = synthetic_data(s)
+    T, B = cfg.data.bptt, cfg.data.batch_size
+    x, y = get_batch(batchify(data.train.ids, B).to(device), 0, T)
+    ours = LMSteps(cfg, stage1_model(cfg, data, device), lambda: (x, y))
+    noreg = LMSteps(cfg_noreg, stage1_model(cfg_noreg, data, device), lambda: (x, y))
+    m, o = cfg.model, cfg.optim
     torch.manual_seed(0)
-    plain = PlainStep(PlainLM(s.vocab, s.emb, s.hidden, s.layers).to(device), x, y)
+    plain = PlainStep(PlainLM(data.vocab.vocab_size, m.emb_size, m.hidden_size, m.num_layers).to(device), x, y,
+                      lr=o.lr, weight_decay=o.weight_decay, clip=cfg.trainer.clip)
     times = interleaved({"awd": ours, "plain": plain, "awd_noreg": noreg}, s.reps, s.warmup, device)
     n = x.numel()
     return emit(
         "lm_train", paired_ratio(times, "plain", "awd"), s, quick, device,
         awd_tok_s=n / med(times["awd"]), plain_tok_s=n / med(times["plain"]),
         awd_noreg_tok_s=n / med(times["awd_noreg"]), ratio_noreg=paired_ratio(times, "plain", "awd_noreg"),
-        compared="AWDLSTM train step with model=small regularisation (dropout .3/.15/.3, dropoute .05, "
-                 "wdrop .3, AR 2, TAR 1) vs nn.LSTM LM without any; ratio_noreg: AWDLSTM with all off",
-        sizes=dict(V=s.vocab, emb=s.emb, hidden=s.hidden, layers=s.layers, B=B, T=T),
+        compared=f"lm_step with model={m.name}'s regularisation (dropout {m.dropout}/{m.dropouth}/{m.dropouti}, "
+                 f"dropoute {m.dropoute}, wdrop {m.wdrop}, AR {m.alpha}, TAR {m.beta}; optim={o.name}, clip "
+                 f"{cfg.trainer.clip}) vs nn.LSTM LM without any; ratio_noreg: lm_step with all of them overridden to 0",
+        sizes=sizes_of(cfg, data, B=B, T=T),
     )
 
 
 def fig_meta_train(s: Sizes, device, quick: bool) -> dict:
-    model = small_model(s, device, SMALL_REG)
-    model.train()
-    meta = MetaWindow(model, s, device, s.window, use_checkpoint=True)
-    # stage 1 on the same model and the same tokens: the window's K*L tokens of the B streams as one sequence
-    model1 = small_model(s, device, SMALL_REG)
-    stage1 = LMStep(model1, meta.stream[:-1], meta.stream[1:])
-    times = interleaved({"meta": meta, "stage1": stage1}, s.reps, s.warmup, device)
-    n = s.window * s.seg_len * s.meta_b
-    coords = sum(t.numel() for t in meta.theta0.values()) * s.meta_b
+    cfg = bench_config(s)
+    data = synthetic_data(s)
+    model, names, streams, stats = stage2_setup(cfg, s, data, device)
+    meta = MetaWindows(build_meta_learning(cfg.meta, model, names, stats), streams)
+    # stage 1 on the same model config and the same tokens: each call the next window's K·L tokens of the
+    # B streams as one [K·L, B] batch, in step with the meta windows
+    K, L, B = cfg.meta.window, cfg.meta.seg_len, streams.num_streams
+    position = [0]
+
+    def next_window():
+        x, y = window_tokens(streams, position[0], K, device)
+        position[0] += K
+        return x, y
+
+    stage1 = LMSteps(cfg, stage1_model(cfg, data, device), next_window)
+    reports: List = []
+    times = interleaved({"meta": lambda: reports.append(meta()), "stage1": stage1}, s.reps, s.warmup, device)
+    n = K * L * B
+    coords = sum(t.numel() for t in static_weights(model, names).values()) * B
     return emit(
         "meta_train", paired_ratio(times, "meta", "stage1"), s, quick, device,
         meta_ms_per_token=1e3 * med(times["meta"]) / n, stage1_ms_per_token=1e3 * med(times["stage1"]) / n,
-        meta_window_ms=1e3 * med(times["meta"]), dynamic_coordinates=coords,
-        coordinates_per_token=coords / (s.seg_len * s.meta_b),
-        sizes=dict(V=s.vocab, emb=s.emb, hidden=s.hidden, layers=s.layers, B=s.meta_b, L=s.seg_len, K=s.window),
+        meta_window_ms=1e3 * med(times["meta"]), dynamic_coordinates=coords, coordinates_per_token=coords / (L * B),
+        windows_read=len(reports), skipped_windows=sum(bool(r.skipped) for r in reports),
+        compared=f"meta_window (meta={cfg.meta.name}, dynamic={list(cfg.meta.dynamic)}, checkpointed="
+                 f"{cfg.meta.checkpoint_segments}, second_order={cfg.meta.second_order}) vs lm_step on its tokens",
+        sizes=sizes_of(cfg, data, B=B, L=L, K=K),
     )
 
 
 def fig_adaptive_eval(s: Sizes, device, quick: bool) -> dict:
-    model = small_model(s, device, SMALL_REG).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    names = select_dynamic(model, ["layers.*"])
-    stats = random_stats(model, names)
-    meta = GatedMetaLearner(names, stats).to(device)
-    dyneval = DynEvalRule(names, stats, lr=meta.lr, lam=meta.lam, eps=meta.eps, update=meta.update_init).to(device)
-    ids = token_stream(s.eval_tokens, 1, s.vocab, "cpu", seed=5)[:, 0]
+    cfg = bench_config(s)
+    data = synthetic_data(s)
+    model, names, _, stats = stage2_setup(cfg, s, data, device)
+    meta = build_rule(cfg.meta, names, stats, name="gated").to(device)
+    dyneval = build_rule(cfg.meta, names, stats, name="dyneval").to(device)
+    ids, eos, L = data.valid.ids[: s.eval_tokens], data.vocab.eos_id, cfg.meta.seg_len
     fns = {
-        "static": lambda: static_token_nll(model, ids, 0, chunk=256),
-        "meta": lambda: adaptive_token_nll(model, meta, names, ids, 0, s.seg_len),
-        "dyneval": lambda: adaptive_token_nll(model, dyneval, names, ids, 0, s.seg_len),
+        "static": lambda: read_stream(model, ids, eos, cfg.data.eval_bptt),
+        "meta": lambda: read_stream(model, ids, eos, L, rule=meta, names=names),
+        "dyneval": lambda: read_stream(model, ids, eos, L, rule=dyneval, names=names),
     }
     times = interleaved(fns, s.reps if quick else max(3, s.reps - 2), s.warmup, device)
     n = ids.numel()
@@ -381,7 +472,7 @@ def fig_adaptive_eval(s: Sizes, device, quick: bool) -> dict:
         ratio_dyneval=paired_ratio(times, "dyneval", "static"),
         static_ms_per_token=1e3 * med(times["static"]) / n, meta_ms_per_token=1e3 * med(times["meta"]) / n,
         dyneval_ms_per_token=1e3 * med(times["dyneval"]) / n,
-        sizes=dict(V=s.vocab, emb=s.emb, hidden=s.hidden, layers=s.layers, tokens=n, L=s.seg_len, B=1),
+        sizes=sizes_of(cfg, data, tokens=n, L=L, B=1, static_chunk=cfg.data.eval_bptt),
     )
 
 
@@ -470,13 +561,19 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
     shared): its value is the extrapolation, listed under `extrapolated`."""
     if device.type == "cpu":
         _pin_malloc()  # before anything is allocated for the measurements (the warm-up included)
-    model = small_model(s, device, SMALL_REG)
-    model.train()
+    cfg = bench_config(s)
+    data = synthetic_data(s)
+    model, names, streams, stats = stage2_setup(cfg, s, data, device)
+
+    def windows(k: int, ckpt: bool) -> MetaWindows:
+        c = bench_config(s, **{"meta.window": k, "meta.checkpoint_segments": ckpt})
+        return MetaWindows(build_meta_learning(c.meta, model, names, stats), streams)
+
     peaks: Dict[str, float] = {}
     extrapolated: List[str] = []
     method = ""
     for ckpt in (True, False):  # first-call allocations (thread pools, lazy caches) outside the measurements
-        MetaWindow(model, s, device, 1, use_checkpoint=ckpt)()
+        windows(1, ckpt)()
     for ckpt in (True, False):
         done: List[tuple] = []
         for k in s.memory_windows:
@@ -489,7 +586,7 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
                     extrapolated.append(key)
                     done.append((k, guess))
                     continue
-            win = MetaWindow(model, s, device, k, use_checkpoint=ckpt)
+            win = windows(k, ckpt)
             gc.collect()
             with PeakMemory(device) as pm:
                 win()
@@ -501,14 +598,13 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
     k_lo, k_hi = s.memory_windows[0], s.memory_windows[-1]
     ratio = peaks[f"K{k_hi}_ckpt_mb"] / peaks[f"K{k_lo}_ckpt_mb"]
     ckpt_vs_plain = peaks[f"K{k_hi}_ckpt_mb"] / peaks[f"K{k_hi}_plain_mb"]
-    names = select_dynamic(model, ["layers.*"])
-    theta_bytes = s.meta_b * sum(t.numel() * t.element_size() for t in static_weights(model, names).values())
+    theta_bytes = streams.num_streams * sum(t.numel() * t.element_size()
+                                            for t in static_weights(model, names).values())
     return emit(
         "memory", ratio, s, quick, device, ckpt_vs_plain=ckpt_vs_plain, ckpt_vs_plain_target="<= 0.5",
         ckpt_vs_plain_met=bool(ckpt_vs_plain <= 0.5), ratio_name=f"ckpt K{k_hi} / ckpt K{k_lo}",
         method=method, **peaks, extrapolated=extrapolated, per_stream_theta_mb=theta_bytes / 2**20,
-        sizes=dict(V=s.vocab, emb=s.emb, hidden=s.hidden, layers=s.layers, B=s.meta_b, L=s.seg_len,
-                   K=list(s.memory_windows)),
+        sizes=sizes_of(cfg, data, B=streams.num_streams, L=cfg.meta.seg_len, K=list(s.memory_windows)),
     )
 
 
@@ -521,7 +617,7 @@ RUNNERS = {
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated subset of {','.join(FIGURES)}")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (model=tiny), a few seconds (smoke test)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per callable")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--threads", type=int, default=None,
@@ -533,7 +629,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown figure(s) {unknown}; choose from {list(FIGURES)}")
     s = QUICK if args.quick else Sizes()
     if args.reps:
-        s.reps = args.reps
+        s = dataclasses.replace(s, reps=args.reps)
     device = torch.device(args.device)
     threads = args.threads or (1 if args.quick else None)
     if threads:

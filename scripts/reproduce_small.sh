@@ -31,7 +31,7 @@ echo "== stage 1: model=$MODEL, $LM_STEPS steps -> $OUT/lm"
 echo "== stage 2: meta=gated, $META_STEPS steps -> $OUT/meta"
 "$PYTHON" scripts/train.py stage=meta meta.lm_checkpoint="$OUT/lm/checkpoints/best.pt" data.dir="$DATA" \
     trainer.max_steps="$META_STEPS" trainer.max_epochs=null trainer.max_time=null trainer.eval_interval=200 \
-    trainer.log_interval=20 meta.valid_max_tokens=4000 hydra.run.dir="$OUT/meta" "${META_EXTRA[@]}"
+    trainer.log_interval=20 hydra.run.dir="$OUT/meta" "${META_EXTRA[@]}"
 
 # valid and test side by side, one thread each: the per-stream paths are memory-bound, so two single-threaded
 # processes finish sooner than two two-threaded ones in turn. eval_both NAME OVERRIDES... -> $OUT/NAME-<split>

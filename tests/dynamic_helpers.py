@@ -5,13 +5,12 @@ from typing import List, Sequence
 
 import torch
 
-from dynlm.dynamic.segment import adapt_segment
 from dynlm.dynamic.fast_weights import select_dynamic
-from dynlm.model import static_weights
 from dynlm.dynamic.grad_stats import GradStats
 from dynlm.dynamic.reading_state import fresh_state
 from dynlm.dynamic.rules import DynEvalRule, GatedMetaLearner
-from dynlm.model import AWDLSTM
+from dynlm.dynamic.segment import adapt_segment
+from dynlm.model import AWDLSTM, static_weights
 
 VOCAB = 23
 
@@ -58,6 +57,15 @@ def read(model, rule, names, segments, keep_graph=False, second_order=False, use
         )
         losses.append(loss)
     return torch.stack(losses), state
+
+
+def perturb(learner, seed=0, scale=0.3):
+    """Move φ off its zero-initialised head so every path of the MLP carries gradient."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return learner
 
 
 def dyneval_for(learner: GatedMetaLearner, stats: GradStats) -> DynEvalRule:

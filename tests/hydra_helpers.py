@@ -1,6 +1,7 @@
 """Compose the real Hydra configs (conf/) the way scripts/train.py does, for tests that call train()."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -27,3 +28,27 @@ def tiny_lm_overrides(data_dir, **extra) -> list:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def train_tiny_lm(data_dir, run_dir, checkpoint: str = "best.pt", **extra) -> Path:
+    """Train a tiny stage-1 model (`tiny_lm_overrides` + `extra`) into `run_dir`; returns its checkpoint."""
+    from dynlm.train import train
+
+    train(compose_config(tiny_lm_overrides(data_dir, **extra)), run_dir)
+    return Path(run_dir) / "checkpoints" / checkpoint
+
+
+def meta_overrides(data_dir, lm_checkpoint, **extra) -> list:
+    """A tiny stage-2 run from `lm_checkpoint`: each test adds its sizes (streams, L, K, steps) in `extra`."""
+    base = {
+        "stage": "meta", "meta.lm_checkpoint": str(lm_checkpoint), "data.dir": str(data_dir),
+        "meta.valid_articles": 1, "meta.meta_lr": 0.01, "trainer.max_epochs": "null", "trainer.log_interval": 1,
+        "trainer.progress_bar": "false", "trainer.device": "cpu",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def records(run_dir) -> list:
+    """The run folder's metrics.jsonl, one dict per line."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

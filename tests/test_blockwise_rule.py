@@ -6,16 +6,12 @@ import dynlm.dynamic.blockwise as bw
 from dynlm.dynamic.gated_update import gated_update, normalized_grad
 from dynlm.dynamic.kernels import fast_asinh
 
-from dynamic_helpers import dyneval_for, setup
+from dynamic_helpers import dyneval_for, perturb, setup
 
 
 def _perturbed(momentum, seed=0):
     model, names, stats, learner = setup(dtype=torch.float64, momentum=momentum)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in learner.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return model, names, stats, learner
+    return model, names, stats, perturb(learner, seed)
 
 
 def _case(model, name, b=3, seed=1, momentum=False):

@@ -21,7 +21,7 @@ from dynlm.train import train
 from dynlm.run.checkpoint import load_checkpoint
 from dynlm.run.setup import resume_path
 
-from hydra_helpers import compose_config, tiny_lm_overrides
+from hydra_helpers import compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
 
 REPO = Path(__file__).resolve().parents[1]
 NO_DROPOUT = {f"model.{k}": 0 for k in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")}
@@ -161,27 +161,17 @@ def test_stage1_two_ranks_match_one_rank_and_resume_on_one(toy_data_dir, tmp_pat
 
 @pytest.fixture(scope="module")
 def lm_no_dropout(toy_data_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("lm0")
-    over = tiny_lm_overrides(toy_data_dir, **NO_DROPOUT, **{"trainer.max_steps": 10, "trainer.eval_interval": 10})
-    train(compose_config(over), run)
-    return run / "checkpoints" / "best.pt"
+    return train_tiny_lm(toy_data_dir, tmp_path_factory.mktemp("lm0"),
+                         **NO_DROPOUT, **{"trainer.max_steps": 10, "trainer.eval_interval": 10})
 
 
-def meta_overrides(data, ckpt, **extra):
-    base = {
-        "stage": "meta", "meta.lm_checkpoint": str(ckpt), "data.dir": str(data), "meta.batch_size": 4,
-        "meta.seg_len": 4, "meta.window": 2, "meta.gradstat_tokens": 200, "meta.valid_articles": 1,
-        "meta.valid_max_tokens": 100, "meta.momentum": "true", "meta.meta_lr": 0.01,
-        "trainer.max_epochs": "null", "trainer.max_steps": 4, "trainer.eval_interval": 2,
-        "trainer.log_interval": 1, "trainer.progress_bar": "false", "trainer.device": "cpu",
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+META_SIZES = {"meta.batch_size": 4, "meta.seg_len": 4, "meta.window": 2, "meta.gradstat_tokens": 200,
+              "meta.valid_max_tokens": 100, "meta.momentum": "true", "trainer.max_steps": 4, "trainer.eval_interval": 2}
 
 
 @pytest.mark.slow
 def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_data_dir, lm_no_dropout, tmp_path):
-    over = meta_overrides(toy_data_dir, lm_no_dropout)
+    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES)
     one, two = tmp_path / "one", tmp_path / "two"
     train(compose_config(over + ["trainer.stop_after_steps=2"]), one)
     a2 = load_checkpoint(one / "checkpoints" / "last.pt")

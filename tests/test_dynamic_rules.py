@@ -1,11 +1,13 @@
 """The gated meta-learner and Krause's dynamic evaluation."""
+import copy
+
 import torch
 
 from dynlm.dynamic.fast_weights import select_dynamic
-from dynlm.model import static_weights
 from dynlm.dynamic.gated_update import gated_update, krause_gate_logits
-from dynlm.dynamic.rules import DynEvalRule
 from dynlm.dynamic.reading import read_stream
+from dynlm.dynamic.rules import DynEvalRule
+from dynlm.model import static_weights, token_nll
 
 from dynamic_helpers import dyneval_for, random_stats, read, setup, tiny_model, tokens
 
@@ -63,8 +65,17 @@ def test_dynamic_embedding_update_changes_both_ends_and_stays_tied():
     new = state.fast["embedding.weight"][0]
     assert not torch.allclose(new[3], table0[3])  # a row read as input (and predicted)
     assert not torch.allclose(new[17], table0[17])  # a row never read: only the output end moved it
-    # one tensor serves both ends: the next read uses the updated rows for input and output alike
-    assert set(state.fast) == {"embedding.weight"}
+    # one tensor serves both ends: the next read uses the updated table for input and output alike, i.e. it
+    # equals the static model with that one tied table put in its place
+    nxt = torch.tensor([[5], [7], [3], [9]])
+    loss, _ = read(model, rule, names, [nxt], state=state)
+    swapped = copy.deepcopy(model)
+    with torch.no_grad():
+        swapped.embedding.weight.copy_(new)
+    out = swapped(nxt[:-1], state.lm)
+    torch.testing.assert_close(loss[0], token_nll(out.logits, nxt[1:]).mean(0))
+    static = model(nxt[:-1], state.lm)
+    assert not torch.allclose(loss[0], token_nll(static.logits, nxt[1:]).mean(0))
 
 
 def test_static_weights_bit_identical_after_adaptive_pass():

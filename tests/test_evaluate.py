@@ -20,7 +20,7 @@ from dynlm.run.from_checkpoint import load_lm
 from dynlm.train.lm_trainer import evaluate_loss
 
 from eval_helpers import compose_eval, one_thread  # noqa: F401 (autouse fixture)
-from hydra_helpers import compose_config, tiny_lm_overrides
+from hydra_helpers import compose_config, meta_overrides, records, train_tiny_lm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,16 +33,12 @@ def trained(wikitext2_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     data = write_slice(wikitext2_dir, root / "wt2", {"train": 3000, "valid": 400, "test": 400})
     lm = root / "lm"
-    train(compose_config(tiny_lm_overrides(data, **{"trainer.max_steps": 6, "trainer.eval_interval": 6})), lm)
+    lm_ckpt = train_tiny_lm(data, lm, "last.pt", **{"trainer.max_steps": 6, "trainer.eval_interval": 6})
     meta = root / "meta"
-    over = {
-        "stage": "meta", "meta.lm_checkpoint": str(lm / "checkpoints" / "last.pt"), "data.dir": str(data),
+    over = meta_overrides(data, lm_ckpt, **{
         "meta.batch_size": 2, "meta.seg_len": 10, "meta.window": 2, "meta.gradstat_tokens": 400,
-        "meta.valid_articles": 1, "trainer.max_epochs": "null", "trainer.max_steps": 2, "trainer.eval_interval": 1,
-        "trainer.log_interval": 1, "trainer.progress_bar": "false", "trainer.device": "cpu", "meta.meta_lr": 0.01,
-        "logger": "wandb", "logger.mode": "offline",
-    }
-    train(compose_config([f"{k}={v}" for k, v in over.items()]), meta)
+        "trainer.max_steps": 2, "trainer.eval_interval": 1, "logger": "wandb", "logger.mode": "offline"})
+    train(compose_config(over), meta)
     return data, lm, meta
 
 
@@ -145,7 +141,7 @@ def test_evaluate_all_methods_end_to_end(trained, tmp_path):
     assert [c["step"] for c in curves] == [1, 2]
     assert all(len(c["x"]) == len(c["static"]) == len(c["meta"]) == len(c["dyneval"]) for c in curves)
     assert curves[0]["tokens"] == split.article_lengths[0]
-    recs = [json.loads(x) for x in (meta / "metrics.jsonl").read_text().splitlines()]
+    recs = records(meta)
     assert all(math.isfinite(r["valid/article/meta_gain_q4"]) for r in recs if "valid/meta/ppl" in r)
     offline = list((meta / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
@@ -166,7 +162,7 @@ def test_static_equals_the_trainers_valid_perplexity(trained, tmp_path):
     data, lm, _ = trained
     ckpt = lm / "checkpoints" / "last.pt"
     results = evaluate(compose_eval([f"checkpoint={ckpt}", "split=valid", "methods=[static]"]), tmp_path / "eval")
-    logged = [json.loads(x) for x in (lm / "metrics.jsonl").read_text().splitlines()]
+    logged = records(lm)
     valid_ppl = [r["valid/ppl"] for r in logged if "valid/ppl" in r][-1]
     assert close(results["methods"]["static"]["ppl"], valid_ppl, rel=1e-12)
     assert results["data"]["source"] == str(data.resolve())  # data.dir defaulted to the checkpoint's

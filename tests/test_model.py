@@ -89,9 +89,12 @@ def test_dropout_is_off_in_eval_and_locked_over_time():
 
 
 def test_static_weights_untouched_by_forward_and_no_data_writes():
-    m = AWDLSTM(40, 8, 12, 2).train()
-    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    """Weight dropout and embedding dropout must draw masked copies: the original AWD-LSTM's WeightDrop wrote
+    the dropped weights into the parameters. Any in-place write bumps a tensor's version counter."""
+    m = AWDLSTM(40, 8, 12, 2, wdrop=0.5, dropoute=0.2).train()
+    before = {n: (p.detach().clone(), p._version) for n, p in m.named_parameters()}
     out = m(torch.randint(0, 40, (5, 2)), m.init_state(2))
     token_nll(out.logits, torch.randint(0, 40, (5, 2))).mean().backward()
     for n, p in m.named_parameters():
-        assert torch.equal(p, before[n]), n
+        assert torch.equal(p, before[n][0]) and p._version == before[n][1], n
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), n  # the backward reached every weight

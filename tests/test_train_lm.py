@@ -1,5 +1,4 @@
 """Stage 1: the run folder, validation, NT-ASGD, exact resume, clear failures."""
-import json
 import math
 
 import pytest
@@ -9,11 +8,7 @@ from dynlm.train import train
 from dynlm.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dynlm.train.ntasgd import WeightAverager
 
-from hydra_helpers import compose_config, tiny_lm_overrides
-
-
-def _records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from hydra_helpers import compose_config, records, tiny_lm_overrides
 
 
 def test_tiny_run_writes_the_run_folder(wikitext2_slice_dir, tmp_path):
@@ -22,7 +17,7 @@ def test_tiny_run_writes_the_run_folder(wikitext2_slice_dir, tmp_path):
     for f in ["config.yaml", "config.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"]:
         assert (run / f).is_file(), f
     assert not list((run / "checkpoints").glob("*.tmp"))
-    recs = _records(run)
+    recs = records(run)
     valid = [r for r in recs if "valid/ppl" in r]
     train_recs = [r for r in recs if "train/loss" in r]
     assert [r["step"] for r in valid] == [6, 12]

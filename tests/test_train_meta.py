@@ -1,5 +1,4 @@
 """Stage 2: meta-training runs, resumes exactly, and survives a non-finite stream."""
-import json
 import math
 
 import pytest
@@ -9,7 +8,7 @@ from dynlm.train.meta_trainer import train_meta
 from dynlm.train import train
 from dynlm.run.checkpoint import load_checkpoint
 
-from hydra_helpers import compose_config, tiny_lm_overrides
+from hydra_helpers import compose_config, meta_overrides, records, train_tiny_lm
 
 
 @pytest.fixture(scope="module")
@@ -17,33 +16,24 @@ def lm_checkpoint(wikitext2_dir, tmp_path_factory):
     from conftest import write_slice
 
     data = write_slice(wikitext2_dir, tmp_path_factory.mktemp("data") / "wt2", {"train": 3000, "valid": 400, "test": 400})
-    run = tmp_path_factory.mktemp("lm")
-    train(compose_config(tiny_lm_overrides(data, **{"trainer.max_steps": 30, "trainer.eval_interval": 30})), run)
-    return data, run / "checkpoints" / "best.pt"
+    ckpt = train_tiny_lm(data, tmp_path_factory.mktemp("lm"), **{"trainer.max_steps": 30, "trainer.eval_interval": 30})
+    return data, ckpt
 
 
-def meta_overrides(data, ckpt, **extra):
-    base = {
-        "stage": "meta", "meta.lm_checkpoint": str(ckpt), "data.dir": str(data), "meta.batch_size": 3,
-        "meta.seg_len": 4, "meta.window": 3, "meta.gradstat_tokens": 600, "meta.valid_articles": 1,
-        "meta.valid_max_tokens": 300,
-        "trainer.max_epochs": "null", "trainer.max_steps": 6, "trainer.eval_interval": 3, "trainer.log_interval": 1,
-        "trainer.progress_bar": "false", "trainer.device": "cpu", "meta.meta_lr": 0.01,
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+SIZES = {"meta.batch_size": 3, "meta.seg_len": 4, "meta.window": 3, "meta.gradstat_tokens": 600,
+         "meta.valid_max_tokens": 300, "trainer.max_steps": 6, "trainer.eval_interval": 3}
 
 
-def _records(run):
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+def overrides(data, ckpt, **extra):
+    return meta_overrides(data, ckpt, **SIZES, **extra)
 
 
 @pytest.mark.slow
 def test_meta_training_run_folder_metrics_and_checkpoint(lm_checkpoint, tmp_path):
     data, ckpt = lm_checkpoint
     run = tmp_path / "meta"
-    train(compose_config(meta_overrides(data, ckpt)), run)
-    recs = _records(run)
+    train(compose_config(overrides(data, ckpt)), run)
+    recs = records(run)
     steps = [r for r in recs if "meta/loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     for key in ["meta/static_loss", "meta/improvement", "meta/gate/copy", "meta/gate/update", "meta/gate/flush",
@@ -51,6 +41,7 @@ def test_meta_training_run_folder_metrics_and_checkpoint(lm_checkpoint, tmp_path
         assert all(math.isfinite(r[key]) for r in steps), key
     valid = [r for r in recs if "valid/meta/ppl" in r]
     assert [r["step"] for r in valid] == [3, 6]
+    assert all(r["valid/tokens"] == 300 for r in valid)  # meta.valid_max_tokens caps the quick validation
     assert all(r["valid/static/ppl"] > 0 and r["valid/dyneval/ppl"] > 0 for r in valid)
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert last["stage"] == "meta" and last["progress"]["step"] == 6
@@ -66,7 +57,7 @@ def test_meta_training_run_folder_metrics_and_checkpoint(lm_checkpoint, tmp_path
 @pytest.mark.slow
 def test_meta_training_resume_is_exact(lm_checkpoint, tmp_path):
     data, ckpt = lm_checkpoint
-    over = meta_overrides(data, ckpt, **{"model.dropout": 0.1})  # the stage-1 model config wins; no effect
+    over = overrides(data, ckpt, **{"model.dropout": 0.1})  # the stage-1 model config wins; no effect
     train(compose_config(over), tmp_path / "full")
     train(compose_config(over + ["trainer.stop_after_steps=4"]), tmp_path / "split")
     train(compose_config(over + ["trainer.resume=true"]), tmp_path / "split")
@@ -95,10 +86,10 @@ def test_a_nan_in_one_stream_is_caught_the_stream_reset_and_training_goes_on(lm_
         return state
 
     run = tmp_path / "meta"
-    result = train_meta(compose_config(meta_overrides(data, ckpt)), run, on_window=inject)
+    result = train_meta(compose_config(overrides(data, ckpt)), run, on_window=inject)
     assert result["step"] == 6 and math.isfinite(result["valid/meta/loss"])
     assert seen["finite"]
-    recs = [r for r in _records(run) if "meta/skipped_updates" in r]
+    recs = [r for r in records(run) if "meta/skipped_updates" in r]
     assert [r["step"] for r in recs if r["meta/skipped_updates"] > 0] == [3]
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert all(bool(torch.isfinite(t).all()) for t in last["meta_learner"].values())

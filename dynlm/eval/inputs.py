@@ -130,11 +130,8 @@ def meta_settings(ckpt_cfg: Dict[str, Any]) -> DictConfig:
 
 
 def dyneval_settings(ckpt_meta: DictConfig, e) -> DictConfig:
-    over = {"name": "dyneval"}
-    for key in ("lr", "lam", "eps"):
-        if e[f"dyneval_{key}"] is not None:
-            over[key] = e[f"dyneval_{key}"]
-    return OmegaConf.merge(ckpt_meta, over)
+    chosen = {"lr": e.dyneval_lr, "lam": e.dyneval_lam, "eps": e.dyneval_eps}
+    return OmegaConf.merge(ckpt_meta, {"name": "dyneval", **{k: v for k, v in chosen.items() if v is not None}})
 
 
 def split_words(data_cfg: DictConfig, split: str) -> List[int]:

@@ -139,6 +139,29 @@ def meta_window(ml: MetaLearning, streams: MetaStreams, position: int, state: Re
     return state, static_lm, report
 
 
+def build_meta_learning(mc: DictConfig, model: nn.Module, names: List[str], stats: GradStats) -> MetaLearning:
+    """The learner `meta` describes (at its dyneval initialisation), and Adam on φ (and on θ0 when
+    `meta.train_static`); θ0 is trainable only then."""
+    device = next(model.parameters()).device
+    learner = build_rule(mc, names, stats).to(device)
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}  # θ0*, the stage-1 weights
+    for p in model.parameters():
+        p.requires_grad_(bool(mc.train_static))
+    groups = [{"params": list(learner.parameters()), "lr": mc.meta_lr}]
+    if mc.train_static:
+        groups.append({"params": list(model.parameters()), "lr": mc.static_lr})
+    return MetaLearning(mc, model, learner, torch.optim.Adam(groups), names, stats, anchor)
+
+
+def fresh_window_state(ml: MetaLearning, streams: int) -> Tuple[ReadingState, LMState]:
+    """Every stream at θ0 with a zero state: the adaptive reader's, and the static model's own (h, c)."""
+    theta0 = static_weights(ml.model, ml.names)
+    # learner state `[1, *shape]` (broadcast over streams, like the reading loop): a bare `[*shape]` breaks resets
+    state = fresh_state(ml.model, theta0, streams,
+                        ml.learner.init_learner_state({n: t.unsqueeze(0) for n, t in theta0.items()}))
+    return state, ml.model.init_state(streams)
+
+
 class MetaTask:
     """Stage 2 as a task of the run scaffold."""
 
@@ -164,20 +187,8 @@ class MetaTask:
         self.streams = MetaStreams(corpus.splits[mc.split], mc.batch_size, mc.seg_len, dist.rank(), dist.world_size())
         stats, _ = grad_stats_for(model, names, lm_ckpt, lm_path, corpus.splits[mc.split], corpus.checksums[mc.split],
                                   mc.gradstat_tokens, mc.batch_size, mc.seg_len, cfg.data.cache_dir)
-        learner = build_rule(mc, names, stats).to(device)
-        anchor = {n: p.detach().clone() for n, p in model.named_parameters()}  # θ0*, the stage-1 weights
-        for p in model.parameters():
-            p.requires_grad_(bool(mc.train_static))
-        groups = [{"params": list(learner.parameters()), "lr": mc.meta_lr}]
-        if mc.train_static:
-            groups.append({"params": list(model.parameters()), "lr": mc.static_lr})
-        self.ml = MetaLearning(mc, model, learner, torch.optim.Adam(groups), names, stats, anchor)
-
-        theta0 = static_weights(model, names)
-        # learner state `[1, *shape]` (broadcast over streams, like the reading loop): a bare `[*shape]` breaks resets
-        self.state = fresh_state(model, theta0, self.streams.num_local_streams,
-                                 learner.init_learner_state({n: t.unsqueeze(0) for n, t in theta0.items()}))
-        self.static_lm = model.init_state(self.streams.num_local_streams)
+        self.ml = build_meta_learning(mc, model, names, stats)
+        self.state, self.static_lm = fresh_window_state(self.ml, self.streams.num_local_streams)
         if resumed is not None:
             self._restore(resumed, path)
         self._tokens = 0
@@ -277,4 +288,5 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
     return run(cfg, run_dir, lambda c, device, resumed, path: MetaTask(c, device, resumed, path, on_window))
 
 
-__all__ = ["MetaLearning", "MetaTask", "WindowReport", "meta_window", "train_meta"]
+__all__ = ["MetaLearning", "MetaTask", "WindowReport", "build_meta_learning", "fresh_window_state", "meta_window",
+           "train_meta"]
