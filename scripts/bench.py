@@ -33,6 +33,13 @@ rules read are measured on it through `grad_stats_for`, the path stage 2 and eva
 - `adaptive_eval` time per token of `dynlm.dynamic.reading.read_stream` with the `meta` rule and the
                   `dyneval` rule (`build_rule(cfg.meta, ..., name=...)`, L = meta.seg_len, batch 1) / static
                   `read_stream` (`data.eval_bptt` tokens per forward pass), on the synthetic valid tokens.
+- `grad_stats`    time of Krause's gradient statistics (`grad_stats_for`: every parameter, batches of
+                  meta.gradstat_streams = 100 streams × L tokens) / static `read_stream` of the same tokens.
+- `dyneval`       the standard protocol (batch 1): dyneval per token / static, adapting every parameter
+                  (ratio) and the LSTM weights only (`ratio_lstm_only`), each beside the bound that the machine's
+                  copy bandwidth sets (`DYNEVAL_PASSES` passes over the dynamic weights per segment); and
+                  `multi_stream_speedup`: tokens/s of `eval.streams`-style reading (8 article-aligned streams
+                  side by side) / the standard protocol, on the same tokens.
 - `memory`        peak memory of one `meta_window` for K = 4, 8, 16, 32 (`meta.window=K`), with and without
                   checkpointed segments (`meta.checkpoint_segments`). On CPU: peak resident memory growth of
                   this process (the kernel's high-water mark, reset before each window via
@@ -73,19 +80,21 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from dynlm.config import register_configs  # noqa: E402
 from dynlm.data import MetaStreams, Split, WordVocab, batchify, build_split, get_batch  # noqa: E402
 from dynlm.dynamic.fast_weights import select_dynamic  # noqa: E402
-from dynlm.dynamic.reading import read_stream  # noqa: E402
+from dynlm.dynamic.reading import read_stream, stream_starts  # noqa: E402
 from dynlm.dynamic.rules import build_rule  # noqa: E402
 from dynlm.model import AWDLSTM, build_model, lstm_layer, lstm_layer_loop, static_weights  # noqa: E402
 from dynlm.run.from_checkpoint import grad_stats_for  # noqa: E402
 from dynlm.train.lm_trainer import build_optimizer, lm_step  # noqa: E402
 from dynlm.train.meta_trainer import MetaLearning, build_meta_learning, fresh_window_state, meta_window  # noqa: E402
 
-FIGURES = ("lstm_fwd_bwd", "lm_train", "meta_train", "adaptive_eval", "memory")
+FIGURES = ("lstm_fwd_bwd", "lm_train", "meta_train", "adaptive_eval", "grad_stats", "dyneval", "memory")
 TARGETS = {
     "lstm_fwd_bwd": ("<=", 4.0),
     "lm_train": (">=", 0.9),
     "meta_train": ("<=", 3.0),
     "adaptive_eval": ("<=", 4.0),
+    "grad_stats": ("<=", 4.0),
+    "dyneval": ("<=", 4.0),
     "memory": ("<=", 1.5),
 }
 
@@ -111,9 +120,12 @@ class Sizes:
     vocab: int = 33278  # WikiText-2's
     train_articles: int = 8
     article_tokens: int = 6000  # about; the train split holds every word of the vocabulary at least once
-    valid_articles: int = 3
+    valid_articles: int = 8
     eval_tokens: int = 250  # adaptive_eval reads the first ones of valid
-    gradstat_batches: int = 2  # segment batches of the B meta streams for the statistics
+    stream_tokens: int = 800  # dyneval reads this many valid tokens as 1 and as `streams` streams
+    streams: int = 8  # eval.streams of the multi-stream figure
+    gradstat_figure_tokens: int = 20000  # train tokens of the statistics figure
+    gradstat_batches: int = 2  # batches of meta.gradstat_streams × L tokens for the statistics the rules read
     reps: int = 7
     warmup: int = 1
 
@@ -121,6 +133,7 @@ class Sizes:
 QUICK = Sizes(
     lstm_b=2, lstm_h=32, lstm_i=24, lstm_t=8, model="tiny", lm_batch=4, bptt=10, meta_b=2, seg_len=3, window=2,
     memory_windows=(2, 4), vocab=300, train_articles=6, article_tokens=200, valid_articles=2, eval_tokens=30,
+    stream_tokens=60, streams=2, gradstat_figure_tokens=1000,
     reps=3, warmup=1,
 )
 
@@ -237,7 +250,8 @@ def synthetic_data(s: Sizes) -> SyntheticData:
     order = words[:]
     rng.shuffle(order)  # every word occurs in train
     train_lines = wikitext_lines(rng, words, s.train_articles, s.article_tokens, order)
-    valid_lines = wikitext_lines(rng, words, s.valid_articles, -(-s.eval_tokens // s.valid_articles) + 50)
+    valid_tokens = max(s.eval_tokens, s.stream_tokens)
+    valid_lines = wikitext_lines(rng, words, s.valid_articles, -(-valid_tokens // s.valid_articles) + 50)
     vocab = WordVocab.build(train_lines)
     if vocab.vocab_size != s.vocab:
         raise AssertionError(f"synthetic vocabulary has {vocab.vocab_size} tokens, not {s.vocab}")
@@ -251,16 +265,22 @@ def stage1_model(cfg: DictConfig, data: SyntheticData, device, seed: int = 0) ->
 
 def stage2_setup(cfg: DictConfig, s: Sizes, data: SyntheticData, device, seed: int = 0):
     """A model of `cfg.model`, its dynamic parameters (`cfg.meta.dynamic`), the B meta streams of train and
-    the gradient statistics measured on their first `s.gradstat_batches` segment batches."""
+    Krause's gradient statistics on `s.gradstat_batches` batches of train."""
     model = stage1_model(cfg, data, device, seed)
     names = select_dynamic(model, cfg.meta.dynamic)
     streams = MetaStreams(data.train, cfg.meta.batch_size, cfg.meta.seg_len)
     # the path stage 2 and evaluation take; with no checkpoint and no cache it is the measurement itself
-    tokens = s.gradstat_batches * streams.num_streams * streams.seg_len
+    return model, names, streams, measured_stats(cfg, model, names, data.train,
+                                                 s.gradstat_batches * cfg.meta.gradstat_streams * cfg.meta.seg_len)
+
+
+def measured_stats(cfg: DictConfig, model, names, split: Split, tokens: int):
+    """Krause's statistics on `tokens` tokens of `split`, through the path stage 2 and evaluation take (with no
+    checkpoint and no cache it is the measurement itself)."""
     with contextlib.redirect_stdout(sys.stderr):  # its messages stay off the JSON lines
-        stats, _ = grad_stats_for(model, names, {}, "synthetic", data.train, "", tokens, streams.num_streams,
-                                  streams.seg_len, use_cache=False)
-    return model, names, streams, stats
+        stats, _ = grad_stats_for(model, names, {}, "synthetic", split, "", tokens, cfg.meta.gradstat_streams,
+                                  cfg.meta.seg_len, use_cache=False)
+    return stats
 
 
 def sizes_of(cfg: DictConfig, data: SyntheticData, **more) -> dict:
@@ -476,6 +496,90 @@ def fig_adaptive_eval(s: Sizes, device, quick: bool) -> dict:
     )
 
 
+# ----------------------------------------------------------------------------------------------- dyneval
+def copy_bandwidth(device, mb: int = 256, reps: int = 5) -> float:
+    """Bytes per second of `dst.copy_(src)` on a buffer far larger than the caches (read + write counted)."""
+    src = torch.ones(mb * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    best = math.inf
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best
+
+
+# Passes over the dynamic weights that one segment of dyneval must make: read θ in the forward pass, read it
+# again for the backward pass and write g, then the update reads θ, θ0, g and rms (from which flush and the
+# step size follow) and writes θ'.
+DYNEVAL_PASSES = 8
+
+
+def fig_grad_stats(s: Sizes, device, quick: bool) -> dict:
+    cfg = bench_config(s)
+    data = synthetic_data(s)
+    model = stage1_model(cfg, data, device).eval()
+    names = select_dynamic(model, ["*"])
+    n = s.gradstat_figure_tokens
+    ids, eos = data.train.ids[:n], data.vocab.eos_id
+    fns = {"stats": lambda: measured_stats(cfg, model, names, data.train, n),
+           "static": lambda: read_stream(model, ids, eos, cfg.data.eval_bptt)}
+    times = interleaved(fns, max(3, s.reps - 4), s.warmup, device)
+    return emit(
+        "grad_stats", paired_ratio(times, "stats", "static"), s, quick, device,
+        stats_s=med(times["stats"]), static_s=med(times["static"]), tokens=n,
+        compared=f"Krause's statistics of every parameter ({cfg.meta.gradstat_streams} streams x "
+                 f"{cfg.meta.seg_len} tokens per batch, shared weights) vs static reading of the same tokens",
+        sizes=sizes_of(cfg, data, streams=cfg.meta.gradstat_streams, L=cfg.meta.seg_len),
+    )
+
+
+def fig_dyneval(s: Sizes, device, quick: bool) -> dict:
+    """The standard protocol (batch 1): dyneval per token / static, every parameter and the LSTM weights only,
+    beside the bound that memory bandwidth sets; then `streams` article-aligned streams side by side."""
+    cfg = bench_config(s)
+    data = synthetic_data(s)
+    model = stage1_model(cfg, data, device).eval()
+    L, eos = cfg.meta.seg_len, data.vocab.eos_id
+    rules, sizes = {}, {}
+    for label, patterns in (("all", ["*"]), ("lstm", ["layers.*"])):
+        names = select_dynamic(model, patterns)
+        stats = measured_stats(cfg, model, names, data.train, s.gradstat_batches * cfg.meta.gradstat_streams * L)
+        rules[label] = (build_rule(cfg.meta, names, stats, name="dyneval").to(device), names)
+        sizes[label] = sum(t.numel() * t.element_size() for t in static_weights(model, names).values())
+    ids = data.valid.ids[: s.eval_tokens]
+    fns = {"static": lambda: read_stream(model, ids, eos, cfg.data.eval_bptt)}
+    for label, (rule, names) in rules.items():
+        fns[label] = (lambda r, nm: lambda: read_stream(model, ids, eos, L, rule=r, names=nm))(rule, names)
+    times = interleaved(fns, max(3, s.reps - 2), s.warmup, device)
+    n = ids.numel()
+    bandwidth = copy_bandwidth(device)
+    bound = {k: DYNEVAL_PASSES * sizes[k] / L / bandwidth for k in sizes}  # seconds per token
+    ms = {k: 1e3 * med(times[k]) / n for k in fns}
+    # multi-stream: the same rule on the first `stream_tokens` valid tokens, as 1 and as `streams` streams
+    rule, names = rules["all"]
+    more = data.valid.ids[: s.stream_tokens]
+    arts = [int(a) for a in data.valid.article_starts if a < more.numel()]
+    starts = stream_starts(arts, more.numel(), min(s.streams, len(arts)))
+    multi = {"one": lambda: read_stream(model, more, eos, L, rule=rule, names=names),
+             "many": lambda: read_stream(model, more, eos, L, rule=rule, names=names, starts=starts)}
+    mt = interleaved(multi, max(3, s.reps - 4), s.warmup, device)
+    return emit(
+        "dyneval", paired_ratio(times, "all", "static"), s, quick, device,
+        ratio_lstm_only=paired_ratio(times, "lstm", "static"), static_ms_per_token=ms["static"],
+        all_ms_per_token=ms["all"], lstm_ms_per_token=ms["lstm"],
+        copy_bandwidth_gb_s=bandwidth / 1e9, passes=DYNEVAL_PASSES,
+        all_dynamic_mb=sizes["all"] / 2**20, lstm_dynamic_mb=sizes["lstm"] / 2**20,
+        all_bound_ms_per_token=1e3 * bound["all"], lstm_bound_ms_per_token=1e3 * bound["lstm"],
+        all_vs_bound=ms["all"] / (1e3 * bound["all"]), lstm_vs_bound=ms["lstm"] / (1e3 * bound["lstm"]),
+        bound_target="<= 1.5", streams=len(starts), stream_tokens=more.numel(),
+        multi_stream_speedup=paired_ratio(mt, "one", "many"), multi_stream_target=">= 1.7",
+        sizes=sizes_of(cfg, data, tokens=n, L=L, B=1, static_chunk=cfg.data.eval_bptt),
+    )
+
+
 # ----------------------------------------------------------------------------------------------- memory
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -610,7 +714,7 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
 
 RUNNERS = {
     "lstm_fwd_bwd": fig_lstm_fwd_bwd, "lm_train": fig_lm_train, "meta_train": fig_meta_train,
-    "adaptive_eval": fig_adaptive_eval, "memory": fig_memory,
+    "adaptive_eval": fig_adaptive_eval, "grad_stats": fig_grad_stats, "dyneval": fig_dyneval, "memory": fig_memory,
 }
 
 

@@ -5,13 +5,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ["lstm_fwd_bwd", "lm_train", "meta_train", "adaptive_eval", "memory"]
+FIGURES = ["lstm_fwd_bwd", "lm_train", "meta_train", "adaptive_eval", "grad_stats", "dyneval", "memory"]
 COMMON = {"figure", "ratio", "target", "met", "mode", "reps", "env", "sizes"}
 KEYS = {
     "lstm_fwd_bwd": {"per_stream_ms", "nn_lstm_ms", "per_stream_fwd_nograd_ms", "autograd_loop_ms"},
     "lm_train": {"awd_tok_s", "plain_tok_s", "awd_noreg_tok_s", "ratio_noreg", "compared"},
     "meta_train": {"meta_ms_per_token", "stage1_ms_per_token", "meta_window_ms", "coordinates_per_token"},
     "adaptive_eval": {"ratio_dyneval", "static_ms_per_token", "meta_ms_per_token", "dyneval_ms_per_token"},
+    "grad_stats": {"stats_s", "static_s", "tokens"},
+    "dyneval": {"ratio_lstm_only", "all_ms_per_token", "lstm_ms_per_token", "copy_bandwidth_gb_s", "all_bound_ms_per_token",
+                "lstm_bound_ms_per_token", "all_vs_bound", "lstm_vs_bound", "multi_stream_speedup", "streams"},
     "memory": {"ckpt_vs_plain", "method", "extrapolated"},
 }
 

@@ -20,9 +20,56 @@ def test_krause_rule_is_the_gated_update_with_constant_gates():
     ghat = g / (rms + eps)
     decrate = rms / rms.mean()
     krause = theta - lr * ghat + lam * decrate * (theta0 - theta)
-    copy, update, flush = krause_gate_logits(rms, float(rms.mean()), lam, u).exp()
+    logits, u_k = krause_gate_logits(rms, float(rms.mean()), lam, u)
+    copy, update, flush = logits.exp()
+    assert u_k == u  # no flush near 1: the UPDATE gate is the configured one
     torch.testing.assert_close(copy + update + flush, torch.ones(50))
-    torch.testing.assert_close(gated_update(theta, theta0, (lr / u) * ghat, copy, update, flush), krause)
+    torch.testing.assert_close(gated_update(theta, theta0, (lr / u_k) * ghat, copy, update, flush), krause)
+    # a flush close to 1 lowers this tensor's UPDATE gate instead of breaking the simplex
+    logits, u_k = krause_gate_logits(rms, float(rms.mean()), 0.35, u)  # flush up to ~0.64 > 1 - u
+    copy, update, flush = logits.exp()
+    assert u_k < u and u_k < 1.0 - float(flush.max()) and bool((copy > 0).all())
+    torch.testing.assert_close(gated_update(theta, theta0, (lr / u_k) * ghat, copy, update, flush),
+                               theta - lr * ghat + 0.35 * decrate * (theta0 - theta))
+
+
+def test_dyneval_takes_a_step_of_krauses_rule_on_every_parameter():
+    """One segment by hand, as Krause's dynamiceval.py computes it: MS = sqrt(v), gsum = the mean over tensors of
+    mean(MS), decrate = MS / gsum capped at 1/λ, θ' = θ + λ·decrate·(θ0 − θ) − η·g/(MS + ε), with g the gradient
+    of the segment's mean loss. Every parameter adapts, the tied embedding/decoder as one tensor."""
+    model = tiny_model(torch.float64).eval()
+    names = select_dynamic(model, ["*"])
+    assert "embedding.weight" in names and "decoder_bias" in names
+    stats = random_stats(model, names)
+    big = names.index("layers.1.weight_hh")
+    stats.v[names[big]][0, 0] = 1e3  # one coordinate whose decay rate Krause caps at 1/λ
+    lr, lam, eps = 0.01, 0.05, 1e-4
+    rule = DynEvalRule(names, stats, lr=lr, lam=lam, eps=eps, update=0.5)
+    seg = torch.tensor([[3], [4], [5], [3], [4], [5]])
+    _, state = read(model, rule, names, [seg])
+
+    params = dict(model.named_parameters())
+    loss = token_nll(model(seg[:-1], model.init_state(1)).logits, seg[1:]).mean()
+    grads = dict(zip(names, torch.autograd.grad(loss, [params[n] for n in names])))
+    ms = {n: stats.v[n].sqrt() for n in names}
+    gsum = sum(float(ms[n].mean()) for n in names) / len(names)
+    for n in names:
+        decrate = (ms[n] / gsum).clamp(max=1.0 / lam)
+        theta0 = params[n].detach()
+        expected = theta0 + lam * decrate * (theta0 - theta0) - lr * grads[n] / (ms[n] + eps)
+        torch.testing.assert_close(state.fast[n][0], expected, rtol=1e-10, atol=1e-12, msg=n)
+    # a second step from θ1: the decay pulls back toward θ0 (fully where decrate is capped), plus the new step
+    theta1 = {n: state.fast[n][0].detach() for n in names}
+    seg2 = torch.tensor([[5], [7], [3]])
+    _, state2 = read(model, rule, names, [seg2], state=state)
+    leaves = {n: t.clone().requires_grad_() for n, t in theta1.items()}
+    out = torch.func.functional_call(model, leaves, (seg2[:-1], state.lm))
+    g2 = dict(zip(names, torch.autograd.grad(token_nll(out.logits, seg2[1:]).mean(), list(leaves.values()))))
+    for n in names:
+        decrate = (ms[n] / gsum).clamp(max=1.0 / lam)
+        theta0 = params[n].detach()
+        expected = theta1[n] + lam * decrate * (theta0 - theta1[n]) - lr * g2[n] / (ms[n] + eps)
+        torch.testing.assert_close(state2.fast[n][0], expected, rtol=1e-10, atol=1e-12, msg=n)
 
 
 def test_untrained_meta_learner_reproduces_dynamic_evaluation():

@@ -182,7 +182,7 @@ def test_dyneval_on_a_stage1_checkpoint_measures_statistics_and_resets_per_artic
     ckpt = lm / "checkpoints" / "last.pt"
     cfg_overrides = [f"checkpoint={ckpt}", f"data.dir={data}", "split=test", "methods=[static,dyneval]",
                      "eval.max_articles=2", "eval.reset_per_article=true", "eval.gradstat_tokens=300",
-                     "eval.seg_len=10", "eval.progress_bar=false", "eval.dyneval_lr=0.003",
+                     "eval.seg_len=10", "eval.progress_bar=false", "eval.dyneval_lr=0.0001",
                      f"data.cache_dir={tmp_path / 'cache'}"]
     cfg = compose_eval(cfg_overrides)
     results = evaluate(cfg, tmp_path / "eval")
@@ -195,7 +195,9 @@ def test_dyneval_on_a_stage1_checkpoint_measures_statistics_and_resets_per_artic
     assert again["methods"]["dyneval"]["nll"] == results["methods"]["dyneval"]["nll"]
     fresh = evaluate(compose_eval([*cfg_overrides, "eval.cache_grad_stats=false"]), tmp_path / "fresh")
     assert fresh["grad_stats"]["source"] == "measured"
-    assert results["dyneval"]["lr"] == 0.003 and results["dyneval"]["lam"] == 0.02  # override + checkpoint value
+    # the override, and Krause's default λ (a stage-1 checkpoint's own meta config was never used: not read)
+    assert results["dyneval"]["lr"] == 0.0001 and results["dyneval"]["lam"] == 0.002
+    assert math.isfinite(results["methods"]["dyneval"]["ppl"])
     split = load_split(data, "test")
     check_outputs(tmp_path / "eval", results, split)
     assert results["html_articles"] and all(

@@ -10,7 +10,7 @@ from eval_helpers import compose_eval
 from hydra_helpers import compose_config, meta_overrides, train_tiny_lm
 
 # Settings no other test uses, so that the session's cache starts without them.
-STATS = {"meta.batch_size": 3, "meta.seg_len": 4, "meta.gradstat_tokens": 604}
+STATS = {"meta.batch_size": 3, "meta.seg_len": 4, "meta.gradstat_tokens": 604, "meta.gradstat_streams": 7}
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ def test_stage2_measures_once_and_evaluation_reuses_its_statistics(toy_data_dir,
     assert all(torch.equal(a["v"][n], b["v"][n]) for n in a["v"])
 
     cfg = compose_eval([f"checkpoint={lm}", "split=valid", "methods=[static,dyneval]", "eval.max_articles=1",
-                        "eval.gradstat_tokens=604", "eval.gradstat_streams=3", "eval.seg_len=4",
+                        "eval.gradstat_tokens=604", "eval.gradstat_streams=7", "eval.seg_len=4", "eval.dynamic=[layers.*]",
                         "eval.progress_bar=false"])
     results = evaluate(cfg, tmp_path / "eval")
     assert results["grad_stats"] == {"source": "cached", "tokens": a["tokens"]}

@@ -19,7 +19,7 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
     out = tmp_path / "out"
     env = {
         **os.environ, "WANDB_MODE": "disabled", "DATA": str(data), "OUT": str(out), "MODEL": "tiny",
-        "LM_STEPS": "4", "META_STEPS": "2",
+        "LM_STEPS": "4", "META_STEPS": "2", "TUNED_LR": "0.0001", "TUNED_LAM": "0.003",
         "LM_ARGS": "data.batch_size=4 data.bptt=20 trainer.progress_bar=false trainer.device=cpu",
         "META_ARGS": "meta.batch_size=2 meta.window=2 meta.gradstat_tokens=400 meta.valid_articles=1 "
                      "trainer.progress_bar=false trainer.device=cpu",
@@ -39,7 +39,7 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
         assert f"{split}: {results['num_tokens']} tokens, 2 articles, perplexity  static " in proc.stdout
         tuned = json.loads((out / f"eval-dyneval-tuned-{split}" / "results.json").read_text())
         assert list(tuned["methods"]) == ["static", "dyneval"] and tuned["num_articles"] == 2
-        assert (tuned["dyneval"]["lr"], tuned["dyneval"]["lam"]) == (0.002, 0.001)
+        assert (tuned["dyneval"]["lr"], tuned["dyneval"]["lam"]) == (0.0001, 0.003)
         assert tuned["methods"]["static"]["nll"] == results["methods"]["static"]["nll"]
         assert f"{split} (dyneval tuned): {tuned['num_tokens']} tokens, 2 articles" in proc.stdout
 

@@ -4,22 +4,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .gated_update import krause_flush
 from .rule_base import RuleOutput, StatsRule, buffer_name
 
 
 class DynEvalRule(StatsRule):
-    """Krause et al. (2017): constant gates from the statistics. No learned parameters.
+    """Krause et al. (2017), as his `dynamiceval.py` computes it. No learned parameters.
 
-    With constant gates the update folds into θ' = keep·θ + flush·θ0 − a·g, with keep = copy + update and
-    a = update·α / (sqrt(v) + ε) computed once: three passes over the weights per segment.
+        θ' = θ − η g / (rms + ε) + λ · decrate · (θ0 − θ),   decrate = rms / decay_norm, capped at 1/λ
+
+    folded into θ' = keep·θ + flush·θ0 − gain·g with flush = min(λ·decrate, 1), keep = 1 − flush and
+    gain = η / (rms + ε) computed once: three passes over the weights per segment.
     """
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
-        copy, update, flush = self.prior(n).exp().unbind(0)
-        alpha = self.lr / self.update_init
-        self.register_buffer("keep__" + buffer_name(n), copy + update, persistent=False)
+        flush = krause_flush(rms, self.decay_norm, self.lam)
+        self.register_buffer("keep__" + buffer_name(n), 1.0 - flush, persistent=False)
         self.register_buffer("flush__" + buffer_name(n), flush, persistent=False)
-        self.register_buffer("gain__" + buffer_name(n), update * alpha / (rms + self.eps), persistent=False)
+        self.register_buffer("gain__" + buffer_name(n), self.lr / (rms + self.eps), persistent=False)
 
     def forward(self, fast, grads, theta0, seg_loss, learner_state) -> RuleOutput:
         new = {}

@@ -1,16 +1,21 @@
-"""The maths of the COPY / UPDATE / FLUSH update, as pure functions (DESIGN §2).
+"""The maths of the COPY / UPDATE / FLUSH update, as pure functions (docs/design.md §2).
 
-    θ' = copy · θ + update · (θ − α ĝ) + flush · θ0,   copy + update + flush = 1,   ĝ = g / (sqrt(v) + ε)
+    θ' = copy · θ + update · (θ − α ĝ) + flush · θ0,   copy + update + flush = 1,   ĝ = g / (rms + ε)
 
-Krause et al.'s dynamic evaluation, θ' = θ − η ĝ + λ · decrate · (θ0 − θ) with decrate = rms / mean(rms),
-is this update with constant gates: update = u, α = η / u, flush = λ · decrate, copy = 1 − u − flush.
+Krause et al.'s dynamic evaluation, θ' = θ − η ĝ + λ · decrate · (θ0 − θ), with decrate = rms / decay_norm
+capped at 1/λ (decay_norm: the mean over tensors of each tensor's mean rms), is this update with constant gates:
+update = u, α = η / u, flush = min(λ · decrate, 1), copy = 1 − u − flush.
 """
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 from torch import Tensor
+
+# The learned rule's log-gates need copy > 0: its prior keeps flush this far below 1 (Krause allows 1).
+MAX_PRIOR_FLUSH = 1.0 - 1e-3
 
 
 def normalized_grad(g: Tensor, rms: Tensor, eps: float) -> Tensor:
@@ -21,17 +26,19 @@ def gated_update(theta: Tensor, theta0: Tensor, step: Tensor, copy: Tensor, upda
     return copy * theta + update * (theta - step) + flush * theta0
 
 
-def krause_flush(rms: Tensor, mean_rms: float, lam: float, update: float) -> Tensor:
-    """Krause's per-coordinate decay λ · rms / mean(rms), kept inside the simplex (copy ≥ 0).
+def krause_flush(rms: Tensor, decay_norm: float, lam: float) -> Tensor:
+    """Krause's per-coordinate decay λ · decrate, decrate = rms / decay_norm capped at 1/λ (so flush ≤ 1)."""
+    return (lam * rms / decay_norm).clamp(min=1e-12, max=1.0)
 
-    Krause caps decrate at 1/λ (flush ≤ 1); with an UPDATE gate u the cap is 1 − u. Only coordinates whose
-    rms exceeds (1 − u) / λ times the mean are affected (25× the mean with the defaults).
+
+def krause_gate_logits(rms: Tensor, decay_norm: float, lam: float, update: float) -> Tuple[Tensor, float]:
+    """`([3, *shape] log-gates (copy, update, flush), u)` whose softmax is Krause's rule for one tensor.
+
+    The UPDATE gate is `update`, lowered for this tensor where its largest flush leaves no room for it
+    (copy = 1 − u − flush must stay positive); the step size α = η / u keeps update · α = η either way. Only a
+    flush above `MAX_PRIOR_FLUSH` (λ · decrate > 0.999) is not represented exactly.
     """
-    return (lam * rms / mean_rms).clamp(min=1e-12, max=(1.0 - update) * (1.0 - 1e-4))
-
-
-def krause_gate_logits(rms: Tensor, mean_rms: float, lam: float, update: float) -> Tensor:
-    """`[3, *shape]` log-gates (copy, update, flush) whose softmax is exactly the constant-gate rule."""
-    flush = krause_flush(rms, mean_rms, lam, update)
-    copy = 1.0 - update - flush
-    return torch.stack([copy.log(), torch.full_like(rms, math.log(update)), flush.log()])
+    flush = krause_flush(rms, decay_norm, lam).clamp(max=MAX_PRIOR_FLUSH)
+    u = min(update, (1.0 - float(flush.max())) * (1.0 - 1e-4))
+    copy = 1.0 - u - flush
+    return torch.stack([copy.log(), torch.full_like(rms, math.log(u)), flush.log()]), u

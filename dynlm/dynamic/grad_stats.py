@@ -1,21 +1,21 @@
-"""The mean squared gradient v_i of every dynamic coordinate, measured once on training data.
+"""The mean squared gradient v_i of every dynamic coordinate, measured once on training data (Krause et al.).
 
-It normalises the update (ĝ = g / (sqrt(v) + ε)), sets Krause's decay rates, and is the diagonal Fisher of
-the EWC penalty. Gradients are those the reader will see: of one stream's mean loss over one segment, taken
-per stream (each stream reads with its own copy of the weights, so one backward gives B gradients).
+rms = sqrt(v) normalises the update (ĝ = g / (rms + ε)) and sets the decay rates (decrate = rms / the mean over
+tensors of each tensor's mean rms, `decay_norm`); v is also the diagonal Fisher of the EWC penalty. As in
+Krause's `dynamiceval.py`, g is the gradient of the mean loss of a batch of B streams × L tokens of training
+text (B = 100, L = the segment length, by default), so the hyperparameters are on his (new) scale.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from .. import dist
-from ..model import detach_state, static_weights
-from .fast_weights import per_stream, requiring_grad, zero_rows
-from .segment import segment_losses
+from ..data import batchify, get_batch
+from ..model import detach_state, static_weights, token_nll
 
 
 @dataclass
@@ -30,8 +30,14 @@ class GradStats:
 
     @property
     def mean_rms(self) -> float:
+        """The mean of rms over every coordinate (a feature scale of the meta-learner)."""
         total = sum(float(t.double().sqrt().sum()) for t in self.v.values())
         return total / sum(t.numel() for t in self.v.values())
+
+    @property
+    def decay_norm(self) -> float:
+        """Krause's normaliser of the decay rates: the mean over tensors of each tensor's mean rms."""
+        return sum(float(t.double().sqrt().mean()) for t in self.v.values()) / len(self.v)
 
     def state_dict(self) -> dict:
         return {"v": {n: t.detach().cpu() for n, t in self.v.items()}, "tokens": self.tokens}
@@ -49,50 +55,38 @@ class GradStats:
             )
 
 
-def measure_grad_stats(model: nn.Module, names: Sequence[str], streams, max_tokens: int) -> GradStats:
-    """The statistics of the B global streams of `streams` (a `MetaStreams`) on at least `max_tokens` tokens.
-
-    Every rank measures the same number of segment batches on its own streams, then the (equally weighted)
-    means are averaged over ranks; one process reads all B streams itself.
-    """
-    batch_tokens = streams.seg_len * streams.num_streams
-    n_batches = -(-max_tokens // batch_tokens)
-    stats = _measure_local(model, names, streams, n_batches * streams.seg_len * streams.num_local_streams)
-    if dist.is_distributed():
-        for t in stats.v.values():
-            dist.all_reduce_sum(t).div_(dist.world_size())
-        stats = GradStats(stats.v, stats.tokens * dist.world_size())
-    return stats
-
-
-def _measure_local(model: nn.Module, names: Sequence[str], streams, max_tokens: int) -> GradStats:
-    """Mean of g² over segments and this rank's streams of `streams`, static weights, eval mode."""
+def measure_grad_stats(model: nn.Module, names: Sequence[str], ids: Tensor, streams: int, seg_len: int,
+                       max_tokens: Optional[int] = None) -> GradStats:
+    """Krause et al.'s statistics: `ids` cut into `streams` contiguous streams (`batchify`), read `seg_len`
+    tokens at a time with (h, c) carried over, in eval mode; g is the gradient of the batch's mean loss (over
+    streams × seg_len tokens) w.r.t. the static weights, and v the mean over batches of g². Reads the whole of
+    `ids`, or batches until at least `max_tokens` tokens. Shared weights and one backward per batch: about the
+    cost of training on the same tokens. Every rank measures the same thing (deterministic, no collectives)."""
+    if ids.numel() // streams < 2:
+        raise ValueError(f"{ids.numel()} tokens are too few for {streams} gradient-statistics streams "
+                         "(meta.gradstat_streams / eval.gradstat_streams): use fewer streams")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    theta0 = {n: t.detach() for n, t in static_weights(model, names).items()}
-    sums = {n: torch.zeros_like(t) for n, t in theta0.items()}
-    count, tokens, k = 0, 0, 0
-    lm_state = None
+    leaves = {n: t.detach().requires_grad_() for n, t in static_weights(model, names).items()}
+    sums = {n: torch.zeros_like(t) for n, t in leaves.items()}
+    data = batchify(ids, streams).to(device)
+    state = model.init_state(streams)
+    batches, tokens, i = 0, 0, 0
     try:
-        while tokens < max_tokens:
-            batch = streams.batch(k)
-            k += 1
-            x, y = batch.x.to(device), batch.y.to(device)
-            b = x.shape[1]
-            if lm_state is None:
-                lm_state = model.init_state(b)
-            new = batch.new_article.to(device)
-            lm_state = [(zero_rows(h, new), zero_rows(c, new)) for h, c in lm_state]
-            fast = requiring_grad(per_stream(theta0, b))
+        # as dynamiceval.py: batches while i < rows - 2 (its last target row is never an input)
+        while i < data.shape[0] - 2 and (max_tokens is None or tokens < max_tokens):
+            x, y = get_batch(data, i, seg_len)
             with torch.enable_grad():
-                losses, _, lm_state = segment_losses(model, fast, lm_state, x, y)
-                grads = torch.autograd.grad(losses.sum(), list(fast.values()))
-            for n, g in zip(fast, grads):
-                sums[n] += g.detach().pow(2).sum(0)
-            lm_state = detach_state(lm_state)
-            count += b
+                out = functional_call(model, leaves, (x, state))
+                loss = token_nll(out.logits, y).mean()
+                grads = torch.autograd.grad(loss, list(leaves.values()))
+            for n, g in zip(leaves, grads):
+                sums[n].addcmul_(g, g)
+            state = detach_state(out.state)
+            batches += 1
             tokens += x.numel()
+            i += x.shape[0]
     finally:
         model.train(was_training)
-    return GradStats({n: s / count for n, s in sums.items()}, tokens)
+    return GradStats({n: s / batches for n, s in sums.items()}, tokens)

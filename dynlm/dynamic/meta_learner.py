@@ -50,7 +50,8 @@ class GatedMetaLearner(StatsRule):
     ):
         super().__init__(names, stats, lr, lam, eps, update)
         self.momentum = momentum
-        self.log_alpha = nn.Parameter(torch.full((len(self.names),), math.log(lr / update)))
+        # α_k = η / u_k: the UPDATE gate of Krause's rule as gates is per tensor (`krause_gate_logits`)
+        self.log_alpha = nn.Parameter(torch.tensor([math.log(lr / self.update_gate[n]) for n in self.names]))
         self.tensor_embedding = nn.Embedding(len(self.names), tensor_emb)
         self.feature_proj = nn.Linear(self.num_features, hidden)
         self.embedding_proj = nn.Linear(tensor_emb, hidden, bias=False)

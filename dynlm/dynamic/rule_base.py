@@ -22,7 +22,7 @@ def buffer_name(name: str) -> str:
 
 
 class StatsRule(nn.Module):
-    """Shared set-up: the dynamic names, their rms = sqrt(v) and Krause's prior gate logits."""
+    """Shared set-up: the dynamic names, their rms = sqrt(v) and Krause's rule as prior gate logits."""
 
     def __init__(self, names: Sequence[str], stats: GradStats, lr: float, lam: float, eps: float, update: float):
         super().__init__()
@@ -31,13 +31,14 @@ class StatsRule(nn.Module):
         self.lr, self.lam, self.eps, self.update_init = lr, lam, eps, update
         self.mean_rms = stats.mean_rms
         self.mean_v = stats.mean_v
+        self.decay_norm = stats.decay_norm
+        self.update_gate: Dict[str, float] = {}  # Krause's rule as gates: each tensor's UPDATE gate u
         for n in self.names:
             rms = stats.v[n].sqrt()
+            prior, self.update_gate[n] = krause_gate_logits(rms, self.decay_norm, lam, update)
             # Derived from the statistics, which the checkpoint stores: not part of φ's state dict.
             self.register_buffer("rms__" + buffer_name(n), rms, persistent=False)
-            self.register_buffer(
-                "prior__" + buffer_name(n), krause_gate_logits(rms, self.mean_rms, lam, update), persistent=False
-            )
+            self.register_buffer("prior__" + buffer_name(n), prior, persistent=False)
             self._extra_buffers(n, rms)
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:

@@ -2,11 +2,11 @@
 
 The loss of every token is computed with the weights θ_s *before* the update that sees that token; the
 update then uses the segment's gradient g_s = ∂ℓ_s/∂θ_s. Used by meta-training (graph kept to φ), by the
-reading loop of evaluation (no graph kept) and by the gradient-statistics pass (`segment_losses` only).
+reading loop of evaluation (no graph kept); `segment_losses` alone reads a segment with swapped-in weights.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -30,17 +30,23 @@ def segment_losses(
     x: Tensor,
     y: Tensor,
     use_checkpoint: bool = False,
+    mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, LMState]:
     """Per-stream mean loss `[B]`, per-token NLL `[L, B]` and the new (h, c).
 
     Only the named tensors in `fast` are replaced; the static parameters are read as they are. With
     `use_checkpoint` the segment's activations and logits are recomputed in backward instead of stored.
+    `mask [L, B]` (True: a real token) averages each stream over its own tokens: streams of a batch whose
+    segments are shorter are padded at the end (what follows the padding is a reset or the end of the stream).
     """
     if use_checkpoint:
         nll, state = checkpoint(_read, model, fast, lm_state, x, y, use_reentrant=False)
     else:
         nll, state = _read(model, fast, lm_state, x, y)
-    return nll.mean(0), nll, state
+    if mask is None:
+        return nll.mean(0), nll, state
+    m = mask.to(nll.dtype)
+    return (nll * m).sum(0) / m.sum(0).clamp(min=1.0), nll, state
 
 
 def adapt_segment(
@@ -53,16 +59,17 @@ def adapt_segment(
     keep_graph: bool = False,
     second_order: bool = False,
     use_checkpoint: bool = False,
+    mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, ReadingState, Dict[str, Tensor]]:
     """Returns the per-stream segment loss `[B]`, the per-token NLL `[L, B]`, the next state, diagnostics.
 
     `keep_graph`: the losses and the new state stay differentiable w.r.t. φ (and θ0) for meta-training.
     `second_order`: g_s itself stays differentiable (Hessian-vector products in the meta-gradient);
-    otherwise g_s is treated as data (first-order meta-learning).
+    otherwise g_s is treated as data (first-order meta-learning). `mask`: see `segment_losses`.
     """
     fast = requiring_grad(state.fast)
     with torch.enable_grad():
-        seg_loss, nll, lm_state = segment_losses(model, fast, state.lm, x, y, use_checkpoint)
+        seg_loss, nll, lm_state = segment_losses(model, fast, state.lm, x, y, use_checkpoint, mask)
         grads = torch.autograd.grad(
             seg_loss.sum(), list(fast.values()), retain_graph=keep_graph, create_graph=second_order
         )

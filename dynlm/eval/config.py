@@ -22,19 +22,28 @@ class EvalOptions:
     # Restart the reading state (h, c and the dynamic weights) at every article start. Default: one continuous
     # stream, the standard WikiText protocol.
     reset_per_article: bool = False
+    # Streams read side by side: 1 is the standard protocol (one continuous stream, batch 1). B > 1 cuts the split at
+    # article boundaries into B contiguous chunks of about equal length, each read with its own state and dynamic
+    # weights (batch B): faster, for sweeps and quick looks; each chunk starts from the static weights.
+    streams: int = 1
     # Tokens per adaptation segment (None: the checkpoint's meta.seg_len).
     seg_len: Optional[int] = None
     # Tokens per forward pass of static evaluation (None: the checkpoint's data.eval_bptt). No effect on results.
     chunk: Optional[int] = None
-    # Krause's dynamic evaluation hyper-parameters (None: the checkpoint's meta config, i.e. Krause's defaults
-    # unless stage 2 was run with others).
+    # Krause's dynamic evaluation hyper-parameters (None: Krause's defaults, meta.lr/lam/eps of dynlm/config.py, for
+    # a stage-1 checkpoint; the meta-learner's starting rule, its meta config, for a stage-2 checkpoint).
     dyneval_lr: Optional[float] = None
     dyneval_lam: Optional[float] = None
     dyneval_eps: Optional[float] = None
-    # Gradient statistics for dyneval when the checkpoint has none (a stage-1 checkpoint): measured on this many
-    # train tokens, read as this many parallel article streams (None: the checkpoint's meta.batch_size).
-    gradstat_tokens: int = 200000
+    # Gradient statistics for dyneval when the checkpoint has none (a stage-1 checkpoint): Krause's, measured on
+    # this many train tokens in batches of this many streams (None: the checkpoint's meta.gradstat_tokens, 200,000
+    # by default, and meta.gradstat_streams, 100). Read the Krause scale notes in the README.
+    gradstat_tokens: Optional[int] = None
     gradstat_streams: Optional[int] = None
+    # The parameters dyneval adapts on a stage-1 checkpoint, as fnmatch patterns over the model's parameter names
+    # (None: all of them, as Krause did; [layers.*]: the LSTM weights and biases only). On a stage-2 checkpoint
+    # dyneval adapts the parameters its meta-learner adapts, so that the two compare like for like.
+    dynamic: Optional[List[str]] = None
     # Keep those measured statistics in <data.cache_dir, $DYNLM_CACHE or ~/.cache/dynlm>/grad_stats/, keyed by
     # the checkpoint's sha256 and the settings above: the next evaluation of the checkpoint skips the measurement.
     cache_grad_stats: bool = True

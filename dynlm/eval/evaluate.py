@@ -46,7 +46,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
         if len(prep.methods) > 1:
             stats, source = ensure_grad_stats(prep, e.gradstat_tokens, e.gradstat_streams, e.cache_grad_stats)
             stats_info = {"source": source, "tokens": stats.tokens}
-        losses, seconds = run_methods(prep, e.reset_per_article, e.progress_bar)
+        losses, seconds = run_methods(prep, e.reset_per_article, e.progress_bar, streams=e.streams)
         check_static_weights(prep)
         results = build_results(cfg, prep, losses, seconds, stats_info)
         if not dist.is_main():
@@ -106,9 +106,12 @@ def build_results(cfg, prep: EvalInputs, losses: Dict[str, Tensor], seconds: Dic
         "num_articles": prep.num_articles, "split_articles": split.num_articles,
         "num_tokens": n, "split_tokens": split.num_tokens, "num_words": num_words, "per_word": per_word,
         "reset_per_article": bool(cfg.eval.reset_per_article),
+        "protocol": {"streams": int(cfg.eval.streams),
+                     "name": "standard: one continuous stream, batch 1" if cfg.eval.streams == 1 else
+                     f"{cfg.eval.streams} article-aligned streams read side by side, each from the static weights"},
         "seg_len": prep.seg_len if len(losses) > 1 else None, "chunk": prep.chunk,
         "grad_stats": stats_info,
-        "dyneval": {"lr": dyn.lr, "lam": dyn.lam, "eps": dyn.eps, "update_gate_init": dyn.update_gate_init}
+        "dyneval": {"lr": dyn.lr, "lam": dyn.lam, "eps": dyn.eps, "adapted": list(prep.names or [])}
         if dyn is not None else None,
         "methods": methods,
         "articles": rows,

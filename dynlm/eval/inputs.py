@@ -85,10 +85,10 @@ def check_options(cfg: DictConfig) -> Optional[List[str]]:
     if cfg.split not in ("train", "valid", "test"):
         raise EvalConfigError(f"unknown split={cfg.split!r}: use split=valid or split=test")
     e = cfg.eval
-    for key in ("max_articles", "seg_len", "chunk", "gradstat_streams"):
+    for key in ("max_articles", "seg_len", "chunk", "gradstat_streams", "gradstat_tokens"):
         if e[key] is not None and e[key] < 1:
             raise EvalConfigError(f"eval.{key}={e[key]} must be >= 1 (or null)")
-    for key in ("position_bins", "gradstat_tokens", "gain_articles", "smooth", "bar_articles"):
+    for key in ("position_bins", "gain_articles", "smooth", "bar_articles", "streams"):
         if e[key] < 1:
             raise EvalConfigError(f"eval.{key}={e[key]} must be >= 1")
     if cfg.checkpoint is None:
@@ -124,9 +124,30 @@ def effective_data_config(user: DictConfig, ckpt_cfg: Dict[str, Any]) -> DictCon
     return OmegaConf.merge(merged, overrides)
 
 
-def meta_settings(ckpt_cfg: Dict[str, Any]) -> DictConfig:
-    """The checkpoint's meta config in the MetaConfig schema (Krause's defaults where it has none)."""
-    return OmegaConf.merge(OmegaConf.structured(MetaConfig), _known(ckpt_cfg.get("meta"), MetaConfig))
+def meta_settings(ckpt_cfg: Dict[str, Any], has_learner: bool) -> DictConfig:
+    """The meta-learner's config for a stage-2 checkpoint (its statistics and scale travel with it); for a
+    stage-1 checkpoint, which never used its meta config, today's defaults (Krause's)."""
+    schema = OmegaConf.structured(MetaConfig)
+    return OmegaConf.merge(schema, _known(ckpt_cfg.get("meta"), MetaConfig)) if has_learner else schema
+
+
+def dynamic_names(model, ckpt: Dict[str, Any], patterns: Optional[List[str]], path: Path) -> List[str]:
+    """The adapted parameters: a stage-2 checkpoint's (dyneval then adapts what its meta-learner adapts), else
+    those `eval.dynamic` names (default: all of them, as Krause did)."""
+    stored = ckpt.get("dynamic_names")
+    if stored is None:
+        return select_dynamic(model, list(patterns) if patterns is not None else ["*"])
+    if patterns is not None and select_dynamic(model, list(patterns)) != list(stored):
+        raise EvalConfigError(
+            f"eval.dynamic={list(patterns)} differs from the parameters the meta-learner of {path} adapts "
+            f"({list(stored)}): on a stage-2 checkpoint dyneval adapts the same ones. Leave eval.dynamic unset, or "
+            "evaluate the stage-1 checkpoint it started from."
+        )
+    own = dict(model.named_parameters())
+    missing = [n for n in stored if n not in own]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} names dynamic parameters {missing} the model does not have")
+    return list(stored)
 
 
 def dyneval_settings(ckpt_meta: DictConfig, e) -> DictConfig:
@@ -151,15 +172,11 @@ def load_inputs(cfg: DictConfig) -> EvalInputs:
     device = select_device(e.device)
     model = lm_from_checkpoint(ckpt, path).to(device).eval()  # a config that does not match the weights fails here
 
-    ckpt_meta = meta_settings(ckpt["config"])
+    ckpt_meta = meta_settings(ckpt["config"], ckpt.get("meta_learner") is not None)
     seg_len = int(e.seg_len or ckpt_meta.seg_len)
     names = stats = learner = dyneval_cfg = None
     if len(methods) > 1:
-        names = list(ckpt.get("dynamic_names") or select_dynamic(model, ckpt_meta.dynamic))
-        own = dict(model.named_parameters())
-        missing = [n for n in names if n not in own]
-        if missing:
-            raise CheckpointError(f"checkpoint {path} names dynamic parameters {missing} the model does not have")
+        names = dynamic_names(model, ckpt, e.dynamic, path)
         stats = stored_grad_stats(ckpt, names, device)
         if "dyneval" in methods:
             dyneval_cfg = dyneval_settings(ckpt_meta, e)
@@ -178,6 +195,9 @@ def load_inputs(cfg: DictConfig) -> EvalInputs:
     words = split_words(data_cfg, cfg.split)
     if len(words) != split.num_articles or sum(words) != split.num_words:
         raise RuntimeError(f"word counts of {cfg.split} disagree with its articles ({len(words)} vs {split.num_articles})")
+    if e.streams > num_articles:
+        raise EvalConfigError(f"eval.streams={e.streams} but only {num_articles} articles are read: each stream needs "
+                              "an article of its own")
     bad = [a for a in e.html_articles if not 0 <= a < num_articles]
     if bad:
         raise EvalConfigError(f"eval.html_articles={list(e.html_articles)}: {bad} not among the {num_articles} "

@@ -1,7 +1,7 @@
 """Running the methods on one checkpoint: per-token losses of the split (or its first articles) per method.
 
 Every method goes through the one reading loop (`dynamic/reading.py`): the split read as one continuous stream,
-the standard WikiText protocol; with `reset_per_article` every article starts from a fresh state (zero (h, c),
+the standard WikiText protocol (or as `eval.streams` article-aligned streams side by side); with `reset_per_article` every article starts from a fresh state (zero (h, c),
 the static weights) for every method alike.
 """
 from __future__ import annotations
@@ -14,32 +14,35 @@ from tqdm import tqdm
 
 from .. import dist
 from ..dynamic.grad_stats import GradStats
-from ..dynamic.reading import read_stream
+from ..dynamic.reading import read_stream, stream_starts
 from ..dynamic.rules import build_rule
 from ..run.from_checkpoint import grad_stats_for
 from .inputs import EvalInputs
 
 
-def ensure_grad_stats(inp: EvalInputs, tokens: int, streams: Optional[int], use_cache: bool = True
+def ensure_grad_stats(inp: EvalInputs, tokens: Optional[int], streams: Optional[int], use_cache: bool = True
                       ) -> Tuple[GradStats, str]:
     """The checkpoint's statistics ("checkpoint"), or those of a stage-1 checkpoint: from the disk cache
     ("cached") or measured now on train tokens ("measured", then cached)."""
-    b = int(streams or inp.ckpt_meta.batch_size)
     stats, source = grad_stats_for(
         inp.model, inp.names, inp.ckpt, inp.ckpt_path, inp.corpus.splits.get("train"),
-        inp.corpus.checksums.get("train", ""), tokens, b, inp.seg_len, inp.data_cfg.get("cache_dir"), use_cache,
+        inp.corpus.checksums.get("train", ""), tokens if tokens is not None else inp.ckpt_meta.gradstat_tokens,
+        int(streams or inp.ckpt_meta.gradstat_streams), inp.seg_len, inp.data_cfg.get("cache_dir"), use_cache,
         ckpt_sha256=inp.ckpt_sha256)
     inp.stats = stats
     return stats, source
 
 
 def run_methods(inp: EvalInputs, reset_per_article: bool, progress_bar: bool = True,
-                rules: Optional[Dict[str, nn.Module]] = None) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
+                rules: Optional[Dict[str, nn.Module]] = None, streams: int = 1
+                ) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
     """`({method: per-token NLL [N]}, {method: seconds})` in `inp.methods` order.
 
+    `streams` > 1 reads the split as that many article-aligned streams side by side (`stream_starts`).
     `rules` (method -> rule) replaces the rules built from the checkpoint (tests).
     """
     ids = inp.ids
+    starts = stream_starts(inp.article_starts.tolist(), inp.num_tokens, streams) if streams > 1 else [0]
     eos = inp.corpus.tokenizer.eos_id
     restarts = inp.article_starts.tolist() if reset_per_article else None
     rules = dict(rules or {})
@@ -55,10 +58,11 @@ def run_methods(inp: EvalInputs, reset_per_article: bool, progress_bar: bool = T
                    disable=not (progress_bar and dist.is_main() and method != "static"))
         try:
             if method == "static":
-                losses[method] = read_stream(inp.model, ids, eos, inp.chunk, restarts=restarts, on_segment=bar.update)
+                losses[method] = read_stream(inp.model, ids, eos, inp.chunk, restarts=restarts, on_segment=bar.update,
+                                             starts=starts)
             else:
                 losses[method] = read_stream(inp.model, ids, eos, inp.seg_len, rule=rules[method], names=inp.names,
-                                             restarts=restarts, on_segment=bar.update)
+                                             restarts=restarts, on_segment=bar.update, starts=starts)
         finally:
             bar.close()
         seconds[method] = time.time() - started

@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import dist
 from ..cache import sha256_file
-from ..data import MetaStreams, Split
+from ..data import Split
 from ..dynamic.grad_stats import GradStats, measure_grad_stats
 from ..dynamic.rules import build_rule
 from ..model import AWDLSTM, build_model
@@ -103,7 +103,7 @@ def grad_stats_for(
     ckpt_path: str | Path,
     split: Split,
     split_sha256: str,
-    tokens: int,
+    tokens: Optional[int],
     streams: int,
     seg_len: int,
     cache_dir: Optional[str] = None,
@@ -111,8 +111,8 @@ def grad_stats_for(
     ckpt_sha256: Optional[str] = None,
 ) -> Tuple[GradStats, str]:
     """The gradient statistics of `model` for the dynamic `names`, and where they came from: "checkpoint",
-    "cached" or "measured" (on `tokens` tokens of `split`, read as `streams` article streams of `seg_len`-token
-    segments, over all ranks; then cached unless `use_cache` is false)."""
+    "cached" or "measured" (Krause's, on `tokens` tokens of `split`, all of it when None, in batches of `streams`
+    streams × `seg_len` tokens; then cached unless `use_cache` is false)."""
     device = next(model.parameters()).device
     stats = stored_grad_stats(ckpt, names, device)
     if stats is not None:
@@ -128,11 +128,11 @@ def grad_stats_for(
         dist.print0(f"gradient statistics of {path.name} on {stats.tokens} {split.name} tokens, from the cache "
                     f"{cached}")
         return stats, "cached"
-    dist.print0(f"{path.name} has no gradient statistics (a stage-1 checkpoint); measuring them on {tokens} "
-                f"{split.name} tokens ({streams} streams of {seg_len}-token segments) ...")
+    amount = f"{tokens}" if tokens is not None else f"all {split.num_tokens}"
+    dist.print0(f"{path.name} has no gradient statistics (a stage-1 checkpoint); measuring them on {amount} "
+                f"{split.name} tokens (batches of {streams} streams × {seg_len} tokens) ...")
     started = time.time()
-    reader = MetaStreams(split, streams, seg_len, dist.rank(), dist.world_size())
-    stats = measure_grad_stats(model, names, reader, tokens)
+    stats = measure_grad_stats(model, names, split.ids, streams, seg_len, tokens)
     dist.print0(f"measured on {stats.tokens} {split.name} tokens in {time.time() - started:.0f}s")
     if cached is not None and dist.is_main() and save_cached(cached, stats):
         dist.print0(f"cached in {cached}")

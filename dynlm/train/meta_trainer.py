@@ -186,7 +186,7 @@ class MetaTask:
         names = select_dynamic(model, mc.dynamic)
         self.streams = MetaStreams(corpus.splits[mc.split], mc.batch_size, mc.seg_len, dist.rank(), dist.world_size())
         stats, _ = grad_stats_for(model, names, lm_ckpt, lm_path, corpus.splits[mc.split], corpus.checksums[mc.split],
-                                  mc.gradstat_tokens, mc.batch_size, mc.seg_len, cfg.data.cache_dir)
+                                  mc.gradstat_tokens, mc.gradstat_streams, mc.seg_len, cfg.data.cache_dir)
         self.ml = build_meta_learning(mc, model, names, stats)
         self.state, self.static_lm = fresh_window_state(self.ml, self.streams.num_local_streams)
         if resumed is not None:
