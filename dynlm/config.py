@@ -67,6 +67,9 @@ class TrainerConfig:
     seed: int = 1111
     # false | true (continue from <run dir>/checkpoints/last.pt) | path to a checkpoint
     resume: Any = False
+    # Start over in a run folder that already holds a run (its checkpoints and logs are deleted first). Without
+    # it, such a folder is refused: resume it (trainer.resume=true) or choose another (hydra.run.dir=...).
+    overwrite: bool = False
     progress_bar: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Stop cleanly (keeping last.pt) after this many steps of this process: used to test resume.

@@ -4,12 +4,14 @@ import json
 import math
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from dynlm.data.sources import read_local
 from dynlm.train.meta_validation import CURVES_FILE, follow_article
 from dynlm.eval.html import article_page, gain_color
 from dynlm.run.dashboard import chunk_means
+from dynlm.run.jsonl import read_jsonl
 from dynlm.eval.aggregate import (
     article_rows, article_totals, article_word_counts, method_totals, moving_average, perplexity,
     pick_extreme_articles, position_bins, relative_position,
@@ -94,6 +96,19 @@ def test_meta_training_follows_a_validation_article(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / CURVES_FILE).read_text().splitlines()]
     assert [r["step"] for r in recs] == [10, 20] and recs[0]["tokens"] == 120 and len(recs[0]["x"]) == 40
     assert logged == []  # no wandb run: nothing sent
+
+
+def test_a_torn_line_in_the_followed_article_log_is_skipped(tmp_path, capsys):
+    """A kill during an append leaves half a line: the next evaluation skips it (and says so) instead of failing."""
+    logger = SimpleNamespace(run_dir=tmp_path, enabled=True, wandb=None, log_media=lambda *a, **k: None)
+    static = torch.full((40,), 5.0)
+    follow_article(logger, 10, "Art", {"static": static, "dyneval": static, "meta": static - 0.5})
+    with open(tmp_path / CURVES_FILE, "a", encoding="utf-8") as f:
+        f.write('{"step": 20, "title": "Ar')
+    q = follow_article(logger, 30, "Art", {"static": static, "dyneval": static, "meta": static - 1.0})
+    assert q["valid/article/meta_gain_q1"] == pytest.approx(1.0)
+    assert "skipped 1 torn line" in capsys.readouterr().out
+    assert [r["step"] for r in read_jsonl(tmp_path / CURVES_FILE)[0]] == [10, 30]  # the new record is whole
 
 
 def test_wandb_panels_offline(tmp_path, monkeypatch):

@@ -19,6 +19,10 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not match the model or data."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written (a full disk, a folder without write permission)."""
+
+
 def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,12 +32,37 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> Path
             torch.save({"format": FORMAT, **payload}, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a checkpoint gets the usual file mode
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk reaches torch.save as "unexpected pos ..."
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        before = f"The previous {path} is intact" if path.exists() else f"No {path} was written before"
+        raise CheckpointWriteError(
+            f"could not write the checkpoint {path} ({e}; is the disk full?). {before}: the write went to a "
+            f"temporary file, now removed. Free some space, then resume with trainer.resume=true in the same run "
+            f"folder (or trainer.resume=<a checkpoint>)."
+        ) from e
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: Path) -> list:
+    """Delete the temporary files that a write killed before its rename left in `folder` (`.<name>.*.tmp`);
+    returns their paths. Only a run's own process writes its folder, so none of them is still being written."""
+    stale = sorted(Path(folder).glob(".*.pt.*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from .. import dist
+from .jsonl import ends_torn
 
 
 def _jsonable(v: Any) -> Any:
@@ -32,7 +33,11 @@ class RunLogger:
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        path = self.run_dir / "metrics.jsonl"
+        torn = ends_torn(path)
+        self._jsonl = open(path, "a", encoding="utf-8")
+        if torn:  # a killed write: its half line stays alone, and readers skip it
+            self._jsonl.write("\n")
         if cfg_logger.name == "wandb":
             self.wandb = _start_wandb(self.run_dir, cfg_logger, config)
         elif cfg_logger.name != "none":

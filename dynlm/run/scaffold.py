@@ -20,11 +20,12 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from .. import dist
-from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
+from .checkpoint import capture_rng, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .jsonl import cut_after_step
 from .logger import RunLogger
 from .progress import Progress, budget_exhausted
-from .setup import config_dict, restore_rank_rng, resume_path, save_resolved_config, seed_everything, seed_rank, \
-    select_device
+from .setup import claim_run_dir, config_dict, restore_rank_rng, resume_path, save_resolved_config, seed_everything, \
+    seed_rank, select_device
 
 
 class Task(Protocol):
@@ -63,6 +64,13 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
     device = select_device(tc.device)
     seed_everything(tc.seed)
     ckpt_path = resume_path(tc.resume, run_dir)
+    if ckpt_path is None:
+        claim_run_dir(run_dir, tc.overwrite)
+    if dist.is_main():
+        stale = remove_stale_temporaries(run_dir / "checkpoints")
+        if stale:
+            dist.print0(f"removed {len(stale)} temporary file(s) that an interrupted checkpoint write left in "
+                        f"{run_dir / 'checkpoints'}")
     resumed = load_checkpoint(ckpt_path, map_location="cpu") if ckpt_path is not None else None
     task = build(cfg, device, resumed, ckpt_path)
     seed_rank(tc.seed)  # the same weights everywhere (built with one seed), each rank its own dropout masks
@@ -71,6 +79,12 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
         progress = Progress(**resumed["progress"])
         restore_rank_rng(resumed, tc.seed, progress.step)
         dist.print0(f"resumed from {ckpt_path} at step {progress.step}")
+        if dist.is_main():  # the steps after the checkpoint are replayed: their old records go
+            for log in ("metrics.jsonl", "valid_article.jsonl"):
+                dropped, torn = cut_after_step(run_dir / log, progress.step)
+                if dropped or torn:
+                    dist.print0(f"{log}: dropped {dropped} record(s) after step {progress.step}"
+                                + (f" and {torn} torn line(s)" if torn else ""))
 
     save_resolved_config(task.cfg, run_dir)
     logger = RunLogger(run_dir, task.cfg.logger, config_dict(task.cfg))

@@ -66,6 +66,32 @@ def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
     (run_dir / "config.json").write_text(json.dumps(config_dict(cfg), indent=2), encoding="utf-8")
 
 
+class RunFolderError(ValueError):
+    """A run folder that already holds another run."""
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """A new run (not a resume) may not write over a folder that holds a run: its checkpoints and logs would mix
+    with the new ones and its best.pt be replaced by a worse model. With `overwrite`, rank 0 deletes them first.
+    A torchrun restart before the first checkpoint starts over in its own folder, which is allowed."""
+    ckpts = run_dir / "checkpoints"
+    held = sorted(ckpts.glob("*.pt")) if ckpts.is_dir() else []
+    held += [p for p in (run_dir / "metrics.jsonl", run_dir / "valid_article.jsonl") if p.is_file() and p.stat().st_size]
+    if not held or dist.restart_count() > 0:
+        return
+    if not overwrite:
+        names = ", ".join(str(p.relative_to(run_dir)) for p in held)
+        raise RunFolderError(
+            f"the run folder {run_dir} already holds a run ({names}). Continue it with trainer.resume=true, start "
+            "a new run in a fresh folder (hydra.run.dir=...), or replace it with trainer.overwrite=true."
+        )
+    if dist.is_main():
+        for p in held:
+            p.unlink()
+        dist.print0(f"trainer.overwrite=true: removed the previous run's {len(held)} file(s) from {run_dir}")
+    dist.barrier()
+
+
 def resume_path(resume: Any, run_dir: Path) -> Optional[Path]:
     """`trainer.resume`: false, true (this run folder's last.pt) or a checkpoint path.
 

@@ -83,7 +83,7 @@ class LMTask:
                 f"data.batch_size={cfg.data.batch_size} is not divisible by the {dist.world_size()} processes: each "
                 "rank reads batch_size / world_size of the streams. Choose a multiple of the number of processes."
             )
-        self.corpus = load_corpus(cfg.data)
+        self.corpus = load_corpus(cfg.data, splits=("train", "valid"))  # test is for evaluation only
         self.model = build_model(cfg.model, self.corpus.tokenizer.vocab_size).to(device)
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.averager = WeightAverager(cfg.optim.nonmono) if cfg.optim.name == "ntasgd" else None

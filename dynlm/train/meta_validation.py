@@ -19,6 +19,7 @@ from torch import Tensor
 from ..dynamic.reading import read_stream
 from ..dynamic.rules import build_rule
 from ..run.dashboard import active, chunk_means, line_series
+from ..run.jsonl import ends_torn, read_jsonl
 
 CURVE_POINTS = 50
 HISTORY = 8  # evaluations shown in the gain-history plot
@@ -94,11 +95,11 @@ def log_valid_article(logger, step: int, title: str, xs: Sequence[int], curves: 
 
 def _append(path: Path, record: dict) -> List[dict]:
     """Append `record` to the JSONL file and return the records of the same article (a resumed run included)."""
-    old = []
-    if path.is_file():
-        old = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    old, torn = read_jsonl(path)
+    if torn:
+        print(f"skipped {torn} torn line(s) of {path} (a write that was killed)", flush=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(("\n" if ends_torn(path) else "") + json.dumps(record) + "\n")
     same = [r for r in old if r.get("title") == record["title"] and r.get("x") == record["x"] and r["step"] < record["step"]]
     return same + [record]
 
