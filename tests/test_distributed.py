@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from dynlm import dist
 from dynlm.train import train
 from dynlm.run.checkpoint import load_checkpoint
-from dynlm.run.setup import resume_path
+from dynlm.run.setup import mark_owner, resume_path
 
 from hydra_helpers import compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
 
@@ -107,11 +107,16 @@ def test_stream_gather_and_shard_are_inverse_on_one_process():
 
 def test_an_elastic_restart_resumes_from_the_run_folder(tmp_path, monkeypatch):
     last = tmp_path / "checkpoints" / "last.pt"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    mark_owner(tmp_path)  # the first attempt of job-a runs in this folder
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     assert resume_path(False, tmp_path) is None  # nothing saved yet: start over
     last.parent.mkdir(parents=True)
     last.write_bytes(b"")
     assert resume_path(False, tmp_path) == last
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")  # another job's run: never resumed behind the user's back
+    assert resume_path(False, tmp_path) is None
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     assert resume_path(False, tmp_path) is None
 

@@ -89,3 +89,17 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(toy_data_d
     monkeypatch.setattr(ckpt_module.torch, "save", real_save)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] == 2
     assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+def test_overwrite_deletes_nothing_before_the_new_run_has_passed_its_checks(toy_data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(compose_config(tiny_lm_overrides(toy_data_dir, **SHORT)), run)
+    best = run / "checkpoints" / "best.pt"
+    meta = ["stage=meta", f"meta.lm_checkpoint={best}", f"data.dir={toy_data_dir}", "trainer.device=cpu",
+            "trainer.overwrite=true"]
+    with pytest.raises(RunFolderError, match="meta.lm_checkpoint"):  # it would delete its own input
+        train(compose_config(meta), run)
+    with pytest.raises(ValueError, match="nothing to train"):  # a config error: the old run stays
+        train(compose_config(meta[:-1] + ["meta=dyneval", f"meta.lm_checkpoint={tmp_path / 'x.pt'}",
+                                          "trainer.overwrite=true"]), run)
+    assert best.is_file() and (run / "checkpoints" / "last.pt").is_file() and records(run)

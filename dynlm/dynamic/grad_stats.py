@@ -62,7 +62,7 @@ def measure_grad_stats(model: nn.Module, names: Sequence[str], ids: Tensor, stre
     streams × seg_len tokens) w.r.t. the static weights, and v the mean over batches of g². Reads the whole of
     `ids`, or batches until at least `max_tokens` tokens. Shared weights and one backward per batch: about the
     cost of training on the same tokens. Every rank measures the same thing (deterministic, no collectives)."""
-    if ids.numel() // streams < 2:
+    if ids.numel() // streams < 3:  # the loop reads rows while i < rows - 2
         raise ValueError(f"{ids.numel()} tokens are too few for {streams} gradient-statistics streams "
                          "(meta.gradstat_streams / eval.gradstat_streams): use fewer streams")
     was_training = model.training

@@ -32,7 +32,7 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> Path
             torch.save({"format": FORMAT, **payload}, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a checkpoint gets the usual file mode
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; a checkpoint gets the usual file mode
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # a full disk reaches torch.save as "unexpected pos ..."
         if os.path.exists(tmp):
@@ -50,10 +50,13 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> Path
     return path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once, at import: flipping it later would race with other threads creating files
 
 
 def remove_stale_temporaries(folder: Path) -> list:

@@ -24,8 +24,8 @@ from .checkpoint import capture_rng, load_checkpoint, remove_stale_temporaries, 
 from .jsonl import cut_after_step
 from .logger import RunLogger
 from .progress import Progress, budget_exhausted
-from .setup import claim_run_dir, config_dict, restore_rank_rng, resume_path, save_resolved_config, seed_everything, \
-    seed_rank, select_device
+from .setup import check_run_dir, clear_run_dir, config_dict, mark_owner, restore_rank_rng, resume_path, \
+    save_resolved_config, seed_everything, seed_rank, select_device
 
 
 class Task(Protocol):
@@ -64,8 +64,8 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
     device = select_device(tc.device)
     seed_everything(tc.seed)
     ckpt_path = resume_path(tc.resume, run_dir)
-    if ckpt_path is None:
-        claim_run_dir(run_dir, tc.overwrite)
+    keep = [cfg.meta.lm_checkpoint] if cfg.stage == "meta" and cfg.meta.lm_checkpoint else []
+    replaced = check_run_dir(run_dir, tc.overwrite, keep) if ckpt_path is None else []
     if dist.is_main():
         stale = remove_stale_temporaries(run_dir / "checkpoints")
         if stale:
@@ -73,6 +73,8 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
                         f"{run_dir / 'checkpoints'}")
     resumed = load_checkpoint(ckpt_path, map_location="cpu") if ckpt_path is not None else None
     task = build(cfg, device, resumed, ckpt_path)
+    clear_run_dir(run_dir, replaced)  # only once the task's own checks have passed
+    mark_owner(run_dir)
     seed_rank(tc.seed)  # the same weights everywhere (built with one seed), each rank its own dropout masks
     progress = Progress()
     if resumed is not None:

@@ -5,7 +5,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -70,25 +70,62 @@ class RunFolderError(ValueError):
     """A run folder that already holds another run."""
 
 
-def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """A new run (not a resume) may not write over a folder that holds a run: its checkpoints and logs would mix
-    with the new ones and its best.pt be replaced by a worse model. With `overwrite`, rank 0 deletes them first.
-    A torchrun restart before the first checkpoint starts over in its own folder, which is allowed."""
+OWNER_FILE = ".torchrun_id"  # the torchrun job that owns the folder: its restarts may resume or start over
+
+
+def _owned_by_this_job(run_dir: Path) -> bool:
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    owner = run_dir / OWNER_FILE
+    return bool(job) and owner.is_file() and owner.read_text(encoding="utf-8").strip() == job
+
+
+def mark_owner(run_dir: Path) -> None:
+    """Rank 0 records the torchrun job that runs in this folder, so that only its own restarts resume here."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if job and dist.is_main() and dist.restart_count() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / OWNER_FILE).write_text(job, encoding="utf-8")
+
+
+def held_files(run_dir: Path) -> List[Path]:
+    """What makes a folder hold a run: checkpoints, or non-empty logs."""
     ckpts = run_dir / "checkpoints"
     held = sorted(ckpts.glob("*.pt")) if ckpts.is_dir() else []
-    held += [p for p in (run_dir / "metrics.jsonl", run_dir / "valid_article.jsonl") if p.is_file() and p.stat().st_size]
-    if not held or dist.restart_count() > 0:
-        return
+    return held + [p for p in (run_dir / "metrics.jsonl", run_dir / "valid_article.jsonl")
+                   if p.is_file() and p.stat().st_size]
+
+
+def check_run_dir(run_dir: Path, overwrite: bool, keep: Sequence[Path] = ()) -> List[Path]:
+    """A new run (not a resume) may not write over a folder that holds a run: its checkpoints and logs would mix
+    with the new ones and its best.pt be replaced by a worse model. Returns the files `clear_run_dir` deletes
+    (with `overwrite`); raises without it, or when one of them is `keep` (an input of this run). Rank 0 decides
+    for every rank. A restart of the torchrun job that owns the folder starts over: only its logs go."""
+    held = held_files(run_dir) if dist.is_main() else None
+    held = dist.broadcast_object(held)
+    if not held:
+        return []
+    if dist.restart_count() > 0 and dist.broadcast_object(_owned_by_this_job(run_dir) if dist.is_main() else None):
+        return [p for p in held if p.suffix == ".jsonl"]  # the failed attempt's records, from before any checkpoint
+    names = ", ".join(str(p.relative_to(run_dir)) for p in held)
     if not overwrite:
-        names = ", ".join(str(p.relative_to(run_dir)) for p in held)
         raise RunFolderError(
             f"the run folder {run_dir} already holds a run ({names}). Continue it with trainer.resume=true, start "
             "a new run in a fresh folder (hydra.run.dir=...), or replace it with trainer.overwrite=true."
         )
-    if dist.is_main():
-        for p in held:
-            p.unlink()
-        dist.print0(f"trainer.overwrite=true: removed the previous run's {len(held)} file(s) from {run_dir}")
+    inputs = {Path(k).resolve() for k in keep}
+    if any(p.resolve() in inputs for p in held):
+        raise RunFolderError(f"trainer.overwrite=true would delete {names} from {run_dir}, and this run reads one of "
+                             "them (meta.lm_checkpoint): write the new run to another folder (hydra.run.dir=...).")
+    return held
+
+
+def clear_run_dir(run_dir: Path, files: Sequence[Path]) -> None:
+    """Rank 0 deletes what `check_run_dir` returned; every rank waits for it."""
+    if files and dist.is_main():
+        for p in files:
+            p.unlink(missing_ok=True)
+        dist.print0(f"removed the previous run's {len(files)} file(s) from {run_dir} (trainer.overwrite=true, or a "
+                    "restart before the first checkpoint)")
     dist.barrier()
 
 
@@ -96,10 +133,11 @@ def resume_path(resume: Any, run_dir: Path) -> Optional[Path]:
     """`trainer.resume`: false, true (this run folder's last.pt) or a checkpoint path.
 
     A job restarted by torchrun (TORCHELASTIC_RESTART_COUNT > 0) continues from this run folder's last.pt
-    when there is one, whatever `trainer.resume` says: the run folder must be fixed (`hydra.run.dir=...`).
+    when there is one and the folder is its own (`mark_owner`), whatever `trainer.resume` says: the run folder
+    must be fixed (`hydra.run.dir=...`).
     """
     last = run_dir / "checkpoints" / "last.pt"
-    if dist.restart_count() > 0:
+    if dist.restart_count() > 0 and _owned_by_this_job(run_dir):
         if last.is_file():
             dist.print0(f"elastic restart {dist.restart_count()}: resuming from {last}")
             return last
