@@ -5,6 +5,7 @@ or mistyped key fails when the config is composed, before any data is read or an
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -126,6 +127,8 @@ class MetaConfig:
     split: str = "train"  # articles read during meta-training
     valid_articles: int = 2  # quick adaptive validation (first N valid articles) at every eval
     valid_max_tokens: Optional[int] = None  # and at most this many tokens of them
+    # Stop with an error after this many consecutive windows whose update was skipped (non-finite values).
+    max_skipped_windows: int = 10
 
 
 @dataclass
@@ -137,6 +140,34 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
+
+
+class ConfigValueError(ValueError):
+    """A config value outside the range where it means anything (a non-finite learning rate, say)."""
+
+
+# key -> (lowest, highest, whether the lowest itself is allowed); checked before any work starts
+RANGES = {
+    "optim.lr": (0.0, None, False), "optim.weight_decay": (0.0, None, True), "trainer.clip": (0.0, None, True),
+    "meta.lr": (0.0, None, False), "meta.lam": (0.0, None, True), "meta.eps": (0.0, None, False),
+    "meta.update_gate_init": (0.0, 1.0, False), "meta.momentum_init": (0.0, 1.0, False),
+    "meta.meta_lr": (0.0, None, False), "meta.meta_clip": (0.0, None, False), "meta.static_lr": (0.0, None, False),
+    "meta.ewc": (0.0, None, True), "meta.seg_len": (1, None, True), "meta.window": (1, None, True),
+    "meta.batch_size": (1, None, True), "meta.gradstat_streams": (1, None, True),
+    "meta.max_skipped_windows": (1, None, True), "data.batch_size": (1, None, True), "data.bptt": (1, None, True),
+}
+
+
+def check_ranges(cfg) -> None:
+    """Every key of `RANGES` is finite and in its range: a run with `meta.lr=inf` would only skip every update."""
+    for key, (low, high, low_ok) in RANGES.items():
+        section, name = key.split(".")
+        value = cfg[section][name]
+        bad = not math.isfinite(float(value)) or value < low or (value == low and not low_ok) or (
+            high is not None and value >= high)
+        if bad:
+            span = f"{'>=' if low_ok else '>'} {low}" + (f" and < {high}" if high is not None else "")
+            raise ConfigValueError(f"{key}={value} is out of range: it must be finite and {span}")
 
 
 def register_configs() -> None:
@@ -159,5 +190,7 @@ __all__ = [
     "LoggerConfig",
     "MetaConfig",
     "register_configs",
+    "check_ranges",
+    "ConfigValueError",
     "MISSING",
 ]

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from .. import dist
+from ..config import check_ranges
 from .checkpoint import capture_rng, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .jsonl import cut_after_step
 from .logger import RunLogger
@@ -60,6 +61,7 @@ TaskBuilder = Callable[[DictConfig, torch.device, Optional[Dict[str, Any]], Opti
 def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, float]:
     """Train the task `build(cfg, device, resumed checkpoint or None, its path)` makes, in `run_dir`."""
     run_dir = Path(run_dir)
+    check_ranges(cfg)  # before any work: a non-finite learning rate would only skip every update
     tc = cfg.trainer
     device = select_device(tc.device)
     seed_everything(tc.seed)

@@ -193,6 +193,7 @@ class MetaTask:
             self._restore(resumed, path)
         self._tokens = 0
         self._last: Optional[WindowReport] = None
+        self._skipped_in_a_row = 0
 
     def _restore(self, ckpt: Dict[str, Any], path: Path) -> None:
         ml, device, b = self.ml, self.device, self.streams.num_streams
@@ -224,6 +225,14 @@ class MetaTask:
         progress.epoch = progress.position // max(self.streams.segments_per_epoch, 1)
         self._tokens += report.tokens
         self._last = report
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if report.skipped else 0
+        if self._skipped_in_a_row >= self.ml.meta.max_skipped_windows:
+            raise FloatingPointError(
+                f"the last {self._skipped_in_a_row} windows (to step {progress.step + 1}) were all skipped: non-finite "
+                "meta-gradients or dynamic weights, so meta-training is diverging. The last good checkpoint is the run "
+                "folder's checkpoints/last.pt (the last validation); lower meta.meta_lr or meta.lr and resume from it "
+                "(trainer.resume=true). meta.max_skipped_windows sets how many skipped windows in a row stop a run."
+            )
         return bool(report.skipped)
 
     def metrics(self, progress: Progress, seconds: float) -> Dict[str, float]:

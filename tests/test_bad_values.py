@@ -1,0 +1,42 @@
+"""Non-finite or out-of-range hyperparameters fail before any work; a diverging stage 2 stops (issue #13, item 6)."""
+import math
+
+import pytest
+import torch
+
+from dynlm.config import ConfigValueError
+from dynlm.run.checkpoint import load_checkpoint
+from dynlm.train import train
+from dynlm.train.meta_trainer import train_meta
+
+from hydra_helpers import compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
+
+
+@pytest.mark.parametrize("override", ["meta.lr=inf", "optim.lr=nan", "meta.eps=0", "meta.update_gate_init=1.5",
+                                      "meta.meta_lr=-0.1", "trainer.clip=-1"])
+def test_bad_hyperparameters_fail_before_any_work(toy_data_dir, tmp_path, override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigValueError, match=key.replace(".", r"\.")):
+        train(compose_config(tiny_lm_overrides(toy_data_dir) + [override]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_a_stage2_that_skips_every_window_stops_and_names_the_last_good_checkpoint(toy_data_dir, tmp_path):
+    lm = train_tiny_lm(toy_data_dir, tmp_path / "lm", **{"trainer.max_steps": 4, "trainer.eval_interval": 4})
+    over = meta_overrides(toy_data_dir, lm, **{
+        "meta.batch_size": 2, "meta.seg_len": 4, "meta.window": 2, "meta.gradstat_tokens": 200,
+        "meta.valid_max_tokens": 60, "trainer.max_steps": 20, "trainer.eval_interval": 2,
+        "meta.max_skipped_windows": 3})
+
+    def poison_from_step_2(state, step):
+        if step >= 2:
+            name = next(iter(state.fast))
+            state.fast[name] = state.fast[name] * float("nan")
+        return state
+
+    with pytest.raises(FloatingPointError, match=r"last 3 windows \(to step 5\).*checkpoints/last.pt.*resume"):
+        train_meta(compose_config(over), tmp_path / "meta", on_window=poison_from_step_2)
+    last = load_checkpoint(tmp_path / "meta" / "checkpoints" / "last.pt")
+    assert last["progress"]["step"] == 4  # the validation before the divergence: still there, still finite
+    assert all(bool(torch.isfinite(t).all()) for t in last["meta_learner"].values())
+    assert math.isfinite(float(last["progress"]["best_valid_loss"]))
