@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blockwise import blockwise
-from .gated_update import gated_update, normalized_grad
+from .gated_update import gated_update, krause_gate_logits, normalized_grad
 from .grad_stats import GradStats
 from .kernels import TransposedLinear, fast_asinh
 from .rule_base import RuleOutput, StatsRule, buffer_name
@@ -66,7 +66,14 @@ class GatedMetaLearner(StatsRule):
             return {}
         return {n: torch.zeros_like(t) for n, t in fast.items()}
 
+    def prior(self, n: str) -> Tensor:
+        return getattr(self, "prior__" + buffer_name(n))
+
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
+        # Krause's rule as prior log-gates, and each tensor's UPDATE gate u (α starts at η / u)
+        prior, u = krause_gate_logits(rms, self.decay_norm, self.lam, self.update_init)
+        self.update_gate = {**getattr(self, "update_gate", {}), n: u}
+        self.register_buffer("prior__" + buffer_name(n), prior, persistent=False)
         # the two features that depend on the statistics only, flattened: drift scale and log(v / mean v) / 10
         b = buffer_name(n)
         self.register_buffer("drift__" + b, (rms / (self.mean_rms * self.lr)).reshape(-1), persistent=False)

@@ -11,7 +11,6 @@ from typing import Dict, Mapping, Sequence, Tuple
 
 from torch import Tensor, nn
 
-from .gated_update import krause_gate_logits
 from .grad_stats import GradStats
 
 RuleOutput = Tuple[Dict[str, Tensor], Dict[str, Tensor], Dict[str, Tensor]]
@@ -22,7 +21,7 @@ def buffer_name(name: str) -> str:
 
 
 class StatsRule(nn.Module):
-    """Shared set-up: the dynamic names, their rms = sqrt(v) and Krause's rule as prior gate logits."""
+    """Shared set-up: the dynamic names, their rms = sqrt(v) and the statistics' scales."""
 
     def __init__(self, names: Sequence[str], stats: GradStats, lr: float, lam: float, eps: float, update: float):
         super().__init__()
@@ -32,13 +31,10 @@ class StatsRule(nn.Module):
         self.mean_rms = stats.mean_rms
         self.mean_v = stats.mean_v
         self.decay_norm = stats.decay_norm
-        self.update_gate: Dict[str, float] = {}  # Krause's rule as gates: each tensor's UPDATE gate u
         for n in self.names:
             rms = stats.v[n].sqrt()
-            prior, self.update_gate[n] = krause_gate_logits(rms, self.decay_norm, lam, update)
             # Derived from the statistics, which the checkpoint stores: not part of φ's state dict.
             self.register_buffer("rms__" + buffer_name(n), rms, persistent=False)
-            self.register_buffer("prior__" + buffer_name(n), prior, persistent=False)
             self._extra_buffers(n, rms)
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
@@ -46,9 +42,6 @@ class StatsRule(nn.Module):
 
     def rms(self, n: str) -> Tensor:
         return getattr(self, "rms__" + buffer_name(n))
-
-    def prior(self, n: str) -> Tensor:
-        return getattr(self, "prior__" + buffer_name(n))
 
     def init_learner_state(self, fast: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         return {}
