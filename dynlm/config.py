@@ -15,7 +15,7 @@ from omegaconf import MISSING
 
 @dataclass
 class DataConfig:
-    name: str = "wikitext-2"
+    name: str = "wikitext-2"  # a label: the text comes from `dir`, else `hub_config`
     # Hugging Face `wikitext` config used when `dir` is not given.
     hub_config: str = "wikitext-2-v1"
     # Local folder with train.txt/valid.txt/test.txt or wiki.{train,valid,test}.tokens.
@@ -24,18 +24,18 @@ class DataConfig:
     vocab_size: int = 8000  # sentencepiece only
     # Where tokenizer models are cached when the data folder is not writable (default $DYNLM_CACHE or ~/.cache/dynlm).
     cache_dir: Optional[str] = None
-    batch_size: int = 20
-    bptt: int = 70
+    batch_size: int = 20  # stage 1: parallel streams of the train split
+    bptt: int = 70  # stage 1: base length of a truncated-BPTT step (varied around it, as AWD-LSTM)
     # Evaluation reads the split as one stream, `eval_bptt` tokens at a time.
     eval_bptt: int = 256
 
 
 @dataclass
 class ModelConfig:
-    name: str = "awd_lstm"
-    emb_size: int = 400
-    hidden_size: int = 1150
-    num_layers: int = 3
+    name: str = "awd_lstm"  # a label: the keys below set the model
+    emb_size: int = 400  # embedding size, also the output size of the last LSTM layer (tied weights)
+    hidden_size: int = 1150  # output size of the other LSTM layers
+    num_layers: int = 3  # LSTM layers
     dropout: float = 0.4  # output (locked)
     dropouth: float = 0.25  # between LSTM layers (locked)
     dropouti: float = 0.4  # input embeddings (locked)
@@ -43,14 +43,14 @@ class ModelConfig:
     wdrop: float = 0.5  # DropConnect on hidden-to-hidden weights
     alpha: float = 2.0  # AR
     beta: float = 1.0  # TAR
-    init_range: float = 0.1
+    init_range: float = 0.1  # embeddings start uniform in ±init_range
 
 
 @dataclass
 class OptimConfig:
     name: str = "ntasgd"  # ntasgd | adam
-    lr: float = 30.0
-    weight_decay: float = 1.2e-6
+    lr: float = 30.0  # learning rate
+    weight_decay: float = 1.2e-6  # L2 penalty
     # NT-ASGD: switch to averaging when valid loss has not improved on the best of the evaluations
     # more than `nonmono` evaluations ago.
     nonmono: int = 5
@@ -59,19 +59,22 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: Optional[int] = None
-    max_epochs: Optional[int] = None
+    max_steps: Optional[int] = None  # stop after this many training steps (null: no limit)
+    max_epochs: Optional[int] = None  # stop after this many passes over the train split (null: no limit)
     max_time: Optional[float] = None  # seconds of training (evaluation excluded)
     eval_interval: int = 1000  # steps between validations (also at the end)
-    log_interval: int = 50
-    clip: float = 0.25
-    seed: int = 1111
+    # Stage-1 validation reads the first this-many valid tokens (null: the whole split). For quick checks and
+    # recipe searches; the final number to report is the whole split's (scripts/evaluate.py).
+    valid_max_tokens: Optional[int] = None
+    log_interval: int = 50  # steps between logged records (metrics.jsonl, wandb)
+    clip: float = 0.25  # gradient-norm clipping
+    seed: int = 1111  # random seed
     # false | true (continue from <run dir>/checkpoints/last.pt) | path to a checkpoint
     resume: Any = False
     # Start over in a run folder that already holds a run (its checkpoints and logs are deleted first). Without
     # it, such a folder is refused: resume it (trainer.resume=true) or choose another (hydra.run.dir=...).
     overwrite: bool = False
-    progress_bar: bool = True
+    progress_bar: bool = True  # a tqdm bar on the terminal
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Stop cleanly (keeping last.pt) after this many steps of this process: used to test resume.
     stop_after_steps: Optional[int] = None
@@ -84,11 +87,11 @@ class TrainerConfig:
 @dataclass
 class LoggerConfig:
     name: str = "none"  # none | wandb
-    project: str = "dynlm"
-    entity: Optional[str] = None
-    run_name: Optional[str] = None
+    project: str = "dynlm"  # wandb project
+    entity: Optional[str] = None  # wandb team or user (null: your default)
+    run_name: Optional[str] = None  # wandb run name (null: wandb picks one)
     mode: Optional[str] = None  # online | offline | disabled (default: WANDB_MODE or online)
-    tags: List[str] = field(default_factory=list)
+    tags: List[str] = field(default_factory=list)  # wandb tags
 
 
 @dataclass
@@ -104,26 +107,26 @@ class MetaConfig:
     batch_size: int = 4  # B: parallel article streams, each with its own dynamic weights
     # Krause et al. (2017) dynamic evaluation: the fixed rule, and the gated rule's initialisation. Defaults are
     # his dynamiceval.py's (its new hyperparameter scale; README "Dynamic evaluation as Krause did it").
-    lr: float = 0.00005  # η
+    lr: float = 0.00005  # η, the step size
     lam: float = 0.002  # λ (decay toward the static weights)
     eps: float = 0.00002  # ε in g / (rms + ε)
     update_gate_init: float = 0.5  # the UPDATE gate at initialisation; α starts at η / this
     hidden: int = 16  # width of the coordinate-wise MLP
     tensor_emb: int = 4  # size of the learned embedding of the tensor a coordinate belongs to
     momentum: bool = False  # per-coordinate momentum state (Titans-style)
-    momentum_init: float = 0.5
+    momentum_init: float = 0.5  # the momentum coefficient at initialisation
     meta_lr: float = 0.001  # Adam on φ
-    meta_clip: float = 1.0
+    meta_clip: float = 1.0  # meta-gradient norm clipping
     train_static: bool = False  # also refine θ0 under the EWC penalty
-    static_lr: float = 0.0001
+    static_lr: float = 0.0001  # Adam on θ0 (train_static)
     ewc: float = 0.0  # λ_EWC for Σ F_i (θ0_i − θ0*_i)²
-    checkpoint_segments: bool = True
-    second_order: bool = False
+    checkpoint_segments: bool = True  # recompute activations in the backward pass instead of storing them
+    second_order: bool = False  # the full meta-gradient (through the gradients of the inner updates)
     # The mean squared gradients v (Krause's statistics): gradients of the mean loss of batches of
     # `gradstat_streams` streams × seg_len tokens of `split`, over at least `gradstat_tokens` tokens (null: all of
     # it, as Krause; about an hour for WikiText-2 on one CPU core, hence 200k until measured to matter).
     gradstat_tokens: Optional[int] = 200000
-    gradstat_streams: int = 100
+    gradstat_streams: int = 100  # streams (batch size) of that measurement
     split: str = "train"  # articles read during meta-training
     valid_articles: int = 2  # quick adaptive validation (first N valid articles) at every eval
     valid_max_tokens: Optional[int] = None  # and at most this many tokens of them
@@ -142,7 +145,12 @@ class Config:
     meta: MetaConfig = field(default_factory=MetaConfig)
 
 
-class ConfigValueError(ValueError):
+class DynlmError(Exception):
+    """A problem with what the user asked for (config, data, checkpoint, run folder), not a bug in dynlm: its
+    message names the problem and the fix, so the scripts print it alone, without a traceback (scripts/*.py)."""
+
+
+class ConfigValueError(DynlmError, ValueError):
     """A config value outside the range where it means anything (a non-finite learning rate, say)."""
 
 
@@ -155,6 +163,7 @@ RANGES = {
     "meta.ewc": (0.0, None, True), "meta.seg_len": (1, None, True), "meta.window": (1, None, True),
     "meta.batch_size": (1, None, True), "meta.gradstat_streams": (1, None, True),
     "meta.max_skipped_windows": (1, None, True), "data.batch_size": (1, None, True), "data.bptt": (1, None, True),
+    "trainer.valid_max_tokens": (2, None, True),
 }
 
 
@@ -163,6 +172,8 @@ def check_ranges(cfg) -> None:
     for key, (low, high, low_ok) in RANGES.items():
         section, name = key.split(".")
         value = cfg[section][name]
+        if value is None:  # optional keys: null means "no limit"
+            continue
         bad = not math.isfinite(float(value)) or value < low or (value == low and not low_ok) or (
             high is not None and value >= high)
         if bad:
@@ -192,5 +203,6 @@ __all__ = [
     "register_configs",
     "check_ranges",
     "ConfigValueError",
+    "DynlmError",
     "MISSING",
 ]

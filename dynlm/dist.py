@@ -5,8 +5,12 @@ run and a `torchrun` run share one code path.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from typing import Any, List, Optional
+import sys
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -28,9 +32,45 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def print0(*args, **kwargs) -> None:
+class _Console(logging.Handler):
+    """The message on stdout as looked up at each message (pytest's capture, redirections), drawn above any
+    open tqdm bar rather than through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stdout)
+        sys.stdout.flush()
+
+
+_messages = logging.getLogger("dynlm")
+_messages.setLevel(logging.INFO)
+_messages.propagate = False  # dynlm's messages are its own; Hydra's root handlers would print them twice
+if not _messages.handlers:
+    _messages.addHandler(_Console())
+
+
+def print0(*args: Any) -> None:
+    """A message of rank 0: on the console, and in the run folder's log while `log_file` is open."""
     if is_main():
-        print(*args, **kwargs, flush=True)
+        _messages.info(" ".join(str(a) for a in args))
+
+
+@contextlib.contextmanager
+def log_file(path: Path) -> Iterator[None]:
+    """Copy rank 0's messages, with their time, to `path` (appended: a resumed run continues its log)."""
+    if not is_main():
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    _messages.addHandler(handler)
+    try:
+        yield
+    finally:
+        _messages.removeHandler(handler)
+        handler.close()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -7,20 +7,28 @@
 Writes results.json, per_article.csv, token_losses.npz, PNG plots and HTML pages into the run folder
 (runs/eval/<date>_<time> unless hydra.run.dir= is given). Every key: `python scripts/evaluate.py --cfg job`.
 """
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dynlm.eval.config import register_eval_configs
+from dynlm.eval.config import EvalRunConfig, register_eval_configs
 from dynlm.eval.evaluate import evaluate
+from dynlm.run.cli import check_config, check_overrides, register_help, user_errors
 
 register_eval_configs()
+register_help(EvalRunConfig, __doc__)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg, HydraConfig.get().runtime.output_dir)
+    with user_errors():
+        check_config(cfg, EvalRunConfig)
+        evaluate(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":
+    with user_errors():
+        check_overrides(sys.argv[1:], EvalRunConfig)
     main()

@@ -4,20 +4,28 @@
     python scripts/train.py model=small data.dir=../shared/data/wikitext-2
     python scripts/train.py stage=meta meta.lm_checkpoint=runs/lm/.../checkpoints/best.pt ...
 """
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dynlm.config import register_configs
+from dynlm.config import Config, register_configs
+from dynlm.run.cli import check_config, check_overrides, register_help, user_errors
 from dynlm.train import train
 
 register_configs()
+register_help(Config, __doc__)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    train(cfg, HydraConfig.get().runtime.output_dir)
+    with user_errors():
+        check_config(cfg, Config)
+        train(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":
+    with user_errors():
+        check_overrides(sys.argv[1:], Config)
     main()

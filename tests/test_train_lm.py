@@ -30,6 +30,24 @@ def test_tiny_run_writes_the_run_folder(wikitext2_slice_dir, tmp_path):
     assert result["valid/ppl"] == pytest.approx(valid[-1]["valid/ppl"])
 
 
+def test_valid_max_tokens_reads_the_start_of_valid(wikitext2_slice_dir, tmp_path):
+    from dynlm.data import load_corpus
+    from dynlm.run.from_checkpoint import load_lm
+    from dynlm.train.lm_trainer import evaluate_loss
+
+    run = tmp_path / "run"
+    train(compose_config(tiny_lm_overrides(wikitext2_slice_dir, **{"trainer.valid_max_tokens": 500})), run)
+    valid = [r for r in records(run) if "valid/ppl" in r]
+    assert [r["valid/tokens"] for r in valid] == [500, 500]
+    # the logged number is the loss of the first 500 tokens, read by the same static reading as evaluate.py
+    ckpt_cfg = compose_config(tiny_lm_overrides(wikitext2_slice_dir))
+    corpus = load_corpus(ckpt_cfg.data, splits=("valid",))
+    model = load_lm(run / "checkpoints" / "last.pt", torch.device("cpu"))[0]
+    first = evaluate_loss(model, corpus, "valid", 64, max_tokens=500)
+    assert valid[-1]["valid/loss"] == pytest.approx(first, rel=1e-6)
+    assert first != pytest.approx(evaluate_loss(model, corpus, "valid", 64), rel=1e-3)
+
+
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(wikitext2_slice_dir, tmp_path):
     over = tiny_lm_overrides(wikitext2_slice_dir, **{"optim.nonmono": 0, "trainer.eval_interval": 4})
     full = tmp_path / "full"
@@ -67,7 +85,7 @@ def test_checkpoint_errors_are_readable(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="could not read"):
+    with pytest.raises(CheckpointError, match="is not a dynlm checkpoint: it is a text file"):
         load_checkpoint(tmp_path / "junk.pt")
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a dynlm checkpoint"):

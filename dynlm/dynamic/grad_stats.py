@@ -8,7 +8,7 @@ text (B = 100, L = the segment length, by default), so the hyperparameters are o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +56,8 @@ class GradStats:
 
 
 def measure_grad_stats(model: nn.Module, names: Sequence[str], ids: Tensor, streams: int, seg_len: int,
-                       max_tokens: Optional[int] = None) -> GradStats:
+                       max_tokens: Optional[int] = None,
+                       on_batch: Optional[Callable[[int], None]] = None) -> GradStats:
     """Krause et al.'s statistics: `ids` cut into `streams` contiguous streams (`batchify`), read `seg_len`
     tokens at a time with (h, c) carried over, in eval mode; g is the gradient of the batch's mean loss (over
     streams × seg_len tokens) w.r.t. the static weights, and v the mean over batches of g². Reads the whole of
@@ -87,6 +88,8 @@ def measure_grad_stats(model: nn.Module, names: Sequence[str], ids: Tensor, stre
             batches += 1
             tokens += x.numel()
             i += x.shape[0]
+            if on_batch is not None:  # progress bars
+                on_batch(x.numel())
     finally:
         model.train(was_training)
     return GradStats({n: s / batches for n, s in sums.items()}, tokens)

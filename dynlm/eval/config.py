@@ -33,13 +33,13 @@ class EvalOptions:
     # Krause's dynamic evaluation hyper-parameters (None: Krause's defaults, meta.lr/lam/eps of dynlm/config.py, for
     # a stage-1 checkpoint; the meta-learner's starting rule, its meta config, for a stage-2 checkpoint).
     dyneval_lr: Optional[float] = None
-    dyneval_lam: Optional[float] = None
-    dyneval_eps: Optional[float] = None
+    dyneval_lam: Optional[float] = None  # λ, as dyneval_lr (η) above
+    dyneval_eps: Optional[float] = None  # ε, as dyneval_lr (η) above
     # Gradient statistics for dyneval when the checkpoint has none (a stage-1 checkpoint): Krause's, measured on
     # this many train tokens in batches of this many streams (None: the checkpoint's meta.gradstat_tokens, 200,000
     # by default, and meta.gradstat_streams, 100). Read the Krause scale notes in the README.
     gradstat_tokens: Optional[int] = None
-    gradstat_streams: Optional[int] = None
+    gradstat_streams: Optional[int] = None  # streams of that measurement, as gradstat_tokens above
     # The parameters dyneval adapts on a stage-1 checkpoint, as fnmatch patterns over the model's parameter names
     # (None: all of them, as Krause did; [layers.*]: the LSTM weights and biases only). On a stage-2 checkpoint
     # dyneval adapts the parameters its meta-learner adapts, so that the two compare like for like.
@@ -56,7 +56,7 @@ class EvalOptions:
     smooth: int = 100  # tokens of the moving average in the instant-gain plot
     bar_articles: int = 60  # at most this many articles in the per-article perplexity bars
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    progress_bar: bool = True
+    progress_bar: bool = True  # a tqdm bar on the terminal
 
 
 @dataclass

@@ -23,12 +23,11 @@ from torch import Tensor
 from .. import dist
 from ..run.logger import RunLogger
 from ..run.setup import config_dict, save_resolved_config
-from .html import article_page
+from .html import article_page, helps_most_least
 from .outputs import write_article_csv, write_results, write_token_losses
 from .plots import plot_article_ppl, plot_instant_gain, plot_position
 from .aggregate import (
-    article_rows, bin_centers, gain_per_token, method_totals, moving_average, pick_extreme_articles, position_bins,
-    relative_position,
+    article_rows, bin_centers, method_totals, moving_average, position_bins, relative_position,
 )
 from .inputs import EvalInputs, load_inputs
 from .methods import ensure_grad_stats, run_methods
@@ -41,35 +40,37 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
     e = cfg.eval
     save_resolved_config(cfg, run_dir)
     logger = RunLogger(run_dir, cfg.logger, {"eval": config_dict(cfg), "checkpoint_config": prep.ckpt["config"]})
-    try:
-        stats_info = None
-        if len(prep.methods) > 1:
-            stats, source = ensure_grad_stats(prep, e.gradstat_tokens, e.gradstat_streams, e.cache_grad_stats)
-            stats_info = {"source": source, "tokens": stats.tokens}
-        losses, seconds = run_methods(prep, e.reset_per_article, e.progress_bar, streams=e.streams)
-        check_static_weights(prep)
-        results = build_results(cfg, prep, losses, seconds, stats_info)
-        if not dist.is_main():
+    with dist.log_file(run_dir / "evaluate.log"):  # its messages, beside its results
+        try:
+            stats_info = None
+            if len(prep.methods) > 1:
+                stats, source = ensure_grad_stats(prep, e.gradstat_tokens, e.gradstat_streams, e.cache_grad_stats,
+                                                  e.progress_bar)
+                stats_info = {"source": source, "tokens": stats.tokens}
+            losses, seconds = run_methods(prep, e.reset_per_article, e.progress_bar, streams=e.streams)
+            check_static_weights(prep)
+            results = build_results(cfg, prep, losses, seconds, stats_info)
+            if not dist.is_main():
+                return results
+            images = make_plots(run_dir, prep, results, losses, e)
+            pages = make_pages(run_dir, prep, results, losses, list(e.html_articles), e.html_min_tokens)
+            results["html_articles"] = [int(p.stem.split("_")[-1]) for p in pages.values()]
+            results["files"] = {
+                "per_article_csv": "per_article.csv", "token_losses": "token_losses.npz",
+                "plots": {k: p.name for k, p in images.items()},
+                "html": {k: str(p.relative_to(run_dir)) for k, p in pages.items()},
+            }
+            write_results(run_dir / "results.json", results)
+            write_article_csv(run_dir / "per_article.csv", results["articles"], prep.methods)
+            sl = slice(0, prep.num_tokens)
+            write_token_losses(run_dir / "token_losses.npz", losses, prep.ids, prep.split.article_id[sl],
+                               prep.split.position[sl], prep.article_starts, prep.split.titles[: prep.num_articles])
+            logger.log(scalar_metrics(results), step=0)
+            log_evaluation(logger, results, images, pages)
+            print_summary(results, run_dir)
             return results
-        images = make_plots(run_dir, prep, results, losses, e)
-        pages = make_pages(run_dir, prep, results, losses, list(e.html_articles), e.html_min_tokens)
-        results["html_articles"] = [int(p.stem.split("_")[-1]) for p in pages.values()]
-        results["files"] = {
-            "per_article_csv": "per_article.csv", "token_losses": "token_losses.npz",
-            "plots": {k: p.name for k, p in images.items()},
-            "html": {k: str(p.relative_to(run_dir)) for k, p in pages.items()},
-        }
-        write_results(run_dir / "results.json", results)
-        write_article_csv(run_dir / "per_article.csv", results["articles"], prep.methods)
-        sl = slice(0, prep.num_tokens)
-        write_token_losses(run_dir / "token_losses.npz", losses, prep.ids, prep.split.article_id[sl],
-                           prep.split.position[sl], prep.article_starts, prep.split.titles[: prep.num_articles])
-        logger.log(scalar_metrics(results), step=0)
-        log_evaluation(logger, results, images, pages)
-        print_summary(results, run_dir)
-        return results
-    finally:
-        logger.finish()
+        finally:
+            logger.finish()
 
 
 def check_static_weights(prep: EvalInputs) -> None:
@@ -155,9 +156,8 @@ def make_pages(run_dir: Path, prep: EvalInputs, results: dict, losses: Dict[str,
     if method is None:
         return {}
     rows = results["articles"]
-    if not chosen:
-        tokens = torch.tensor([r["tokens"] for r in rows])
-        chosen = pick_extreme_articles(gain_per_token(rows, method), tokens, min_tokens)
+    extremes = helps_most_least(rows, method, min_tokens)  # named on every page
+    chosen = chosen or [e.index for e in extremes]
     pages = {}
     tok = prep.corpus.tokenizer
     for a in dict.fromkeys(chosen):
@@ -165,7 +165,7 @@ def make_pages(run_dir: Path, prep: EvalInputs, results: dict, losses: Dict[str,
         r = rows[a]
         summary = f"ppl static {r['static']['ppl']:.2f} → {method} {r[method]['ppl']:.2f}"
         text = article_page(r["title"], a, tok.decode(prep.split.ids[sl]), tok.kind, losses["static"][sl],
-                            losses[method][sl], method, summary=summary)
+                            losses[method][sl], method, summary=summary, extremes=extremes, linked=chosen)
         path = run_dir / "html" / f"article_{a}.html"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")

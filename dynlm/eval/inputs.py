@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import dist
 from ..cache import sha256_file
-from ..config import DataConfig, MetaConfig
+from ..config import DataConfig, DynlmError, MetaConfig
 from ..data import Corpus, Split, load_corpus
 from ..data.sources import read_hub, read_local
 from ..dynamic.fast_weights import select_dynamic
@@ -29,7 +29,7 @@ from .aggregate import article_word_counts
 from .config import METHODS
 
 
-class EvalConfigError(ValueError):
+class EvalConfigError(DynlmError, ValueError):
     """An evaluation option that cannot work (unknown method, bad index...)."""
 
 

@@ -10,25 +10,25 @@ import time
 from typing import Dict, Optional, Tuple
 
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from .. import dist
 from ..dynamic.grad_stats import GradStats
 from ..dynamic.reading import read_stream, stream_starts
 from ..dynamic.rules import build_rule
 from ..run.from_checkpoint import grad_stats_for
+from ..run.progress import token_bar
 from .inputs import EvalInputs
 
 
-def ensure_grad_stats(inp: EvalInputs, tokens: Optional[int], streams: Optional[int], use_cache: bool = True
-                      ) -> Tuple[GradStats, str]:
+def ensure_grad_stats(inp: EvalInputs, tokens: Optional[int], streams: Optional[int], use_cache: bool = True,
+                      progress_bar: bool = False) -> Tuple[GradStats, str]:
     """The checkpoint's statistics ("checkpoint"), or those of a stage-1 checkpoint: from the disk cache
     ("cached") or measured now on train tokens ("measured", then cached)."""
     stats, source = grad_stats_for(
         inp.model, inp.names, inp.ckpt, inp.ckpt_path, inp.corpus.splits.get("train"),
         inp.corpus.checksums.get("train", ""), tokens if tokens is not None else inp.ckpt_meta.gradstat_tokens,
         int(streams or inp.ckpt_meta.gradstat_streams), inp.seg_len, inp.data_cfg.get("cache_dir"), use_cache,
-        ckpt_sha256=inp.ckpt_sha256)
+        ckpt_sha256=inp.ckpt_sha256, progress_bar=progress_bar)
     inp.stats = stats
     return stats, source
 
@@ -54,17 +54,13 @@ def run_methods(inp: EvalInputs, reset_per_article: bool, progress_bar: bool = T
     seconds: Dict[str, float] = {}
     for method in inp.methods:
         started = time.time()
-        bar = tqdm(total=ids.numel(), desc=method, unit="tok", dynamic_ncols=True,
-                   disable=not (progress_bar and dist.is_main() and method != "static"))
-        try:
+        with token_bar(ids.numel(), method, progress_bar) as bar:
             if method == "static":
                 losses[method] = read_stream(inp.model, ids, eos, inp.chunk, restarts=restarts, on_segment=bar.update,
                                              starts=starts)
             else:
                 losses[method] = read_stream(inp.model, ids, eos, inp.seg_len, rule=rules[method], names=inp.names,
                                              restarts=restarts, on_segment=bar.update, starts=starts)
-        finally:
-            bar.close()
         seconds[method] = time.time() - started
         dist.print0(f"{method}: {ids.numel()} tokens in {seconds[method]:.1f}s")
     return losses, seconds

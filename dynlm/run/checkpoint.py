@@ -12,14 +12,16 @@ from typing import Any, Dict, Mapping
 
 import torch
 
+from ..config import DynlmError
+
 FORMAT = "dynlm-checkpoint-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DynlmError, ValueError):
     """A checkpoint that is missing, unreadable, or does not match the model or data."""
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(DynlmError, RuntimeError):
     """A checkpoint that could not be written (a full disk, a folder without write permission)."""
 
 
@@ -70,18 +72,33 @@ def remove_stale_temporaries(folder: Path) -> list:
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
     path = Path(path)
+    fix = "Pass the path of a .pt file written by scripts/train.py (e.g. runs/.../checkpoints/best.pt)."
     if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint not found: {path}. Pass the path of a .pt file written by scripts/train.py "
-            "(e.g. runs/.../checkpoints/best.pt)."
-        )
+        raise CheckpointError(f"checkpoint not found: {path}. {fix}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to a user
-        raise CheckpointError(f"could not read checkpoint {path}: {e}. Is it a dynlm checkpoint?") from e
+        # torch's own message ("101" for a text file) says nothing to a user: say what the file is instead
+        raise CheckpointError(f"{path} is not a dynlm checkpoint: it is {_file_kind(path)}. {fix}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a dynlm checkpoint (expected format {FORMAT!r}).")
+        raise CheckpointError(f"{path} is not a dynlm checkpoint: it is a PyTorch file without dynlm's format tag "
+                              f"{FORMAT!r}. {fix}")
     return ckpt
+
+
+def _file_kind(path: Path) -> str:
+    """What a file that torch cannot load looks like, from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive that PyTorch cannot read (a truncated copy or download?)"
+    text = head.decode("utf-8", errors="replace")
+    if "\x00" not in text and text.count("\ufffd") <= 1:  # one: a character cut at byte 256
+        first = (text.strip().splitlines() or [""])[0][:60]
+        return f"a text file (it starts with {first!r})"
+    return "a binary file that PyTorch cannot read (a torn copy, or another program's file?)"
 
 
 def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:

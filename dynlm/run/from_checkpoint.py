@@ -22,6 +22,7 @@ from ..dynamic.rules import build_rule
 from ..model import AWDLSTM, build_model
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
 from .grad_stats_cache import cache_path, load_cached, save_cached
+from .progress import token_bar
 
 
 def lm_from_checkpoint(ckpt: Dict[str, Any], path: str | Path) -> AWDLSTM:
@@ -109,6 +110,7 @@ def grad_stats_for(
     cache_dir: Optional[str] = None,
     use_cache: bool = True,
     ckpt_sha256: Optional[str] = None,
+    progress_bar: bool = False,
 ) -> Tuple[GradStats, str]:
     """The gradient statistics of `model` for the dynamic `names`, and where they came from: "checkpoint",
     "cached" or "measured" (Krause's, on `tokens` tokens of `split`, all of it when None, in batches of `streams`
@@ -132,7 +134,8 @@ def grad_stats_for(
     dist.print0(f"{path.name} has no gradient statistics (a stage-1 checkpoint); measuring them on {amount} "
                 f"{split.name} tokens (batches of {streams} streams × {seg_len} tokens) ...")
     started = time.time()
-    stats = measure_grad_stats(model, names, split.ids, streams, seg_len, tokens)
+    with token_bar(min(tokens or split.num_tokens, split.num_tokens), "gradient statistics", progress_bar) as bar:
+        stats = measure_grad_stats(model, names, split.ids, streams, seg_len, tokens, on_batch=bar.update)
     dist.print0(f"measured on {stats.tokens} {split.name} tokens in {time.time() - started:.0f}s")
     if cached is not None and dist.is_main() and save_cached(cached, stats):
         dist.print0(f"cached in {cached}")

@@ -11,6 +11,7 @@ is here, once:
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Protocol, Tuple
@@ -25,7 +26,7 @@ from .checkpoint import capture_rng, load_checkpoint, remove_stale_temporaries, 
 from .jsonl import cut_after_step
 from .logger import RunLogger
 from .progress import Progress, budget_exhausted
-from .setup import check_run_dir, clear_run_dir, config_dict, mark_owner, restore_rank_rng, resume_path, \
+from .setup import LOG_FILE, check_run_dir, clear_run_dir, config_dict, mark_owner, restore_rank_rng, resume_path, \
     save_resolved_config, seed_everything, seed_rank, select_device
 
 
@@ -77,6 +78,13 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
     task = build(cfg, device, resumed, ckpt_path)
     clear_run_dir(run_dir, replaced)  # only once the task's own checks have passed
     mark_owner(run_dir)
+    with dist.log_file(run_dir / LOG_FILE):
+        return _train(cfg, run_dir, task, resumed, ckpt_path)
+
+
+def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[str, Any]],
+           ckpt_path: Optional[Path]) -> Dict[str, float]:
+    tc = cfg.trainer
     seed_rank(tc.seed)  # the same weights everywhere (built with one seed), each rank its own dropout masks
     progress = Progress()
     if resumed is not None:
@@ -91,6 +99,7 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
                                 + (f" and {torn} torn line(s)" if torn else ""))
 
     save_resolved_config(task.cfg, run_dir)
+    dist.print0(f"stage {task.stage} in {run_dir}: messages in {LOG_FILE}, scalars in metrics.jsonl")
     logger = RunLogger(run_dir, task.cfg.logger, config_dict(task.cfg))
     bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not (tc.progress_bar and dist.is_main()),
                desc="train" if task.stage == "lm" else task.stage, dynamic_ncols=True)
@@ -108,11 +117,16 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
         save_checkpoint(payload, run_dir / "checkpoints" / name)
 
     def validate() -> float:
+        begun = time.time()
         loss, metrics = task.validate(logger, progress.step)
         logger.log(metrics, progress.step)
-        if loss < progress.best_valid_loss:
+        better = loss < progress.best_valid_loss
+        dist.print0(f"step {progress.step}: valid loss {loss:.4f}, ppl {math.exp(loss):.2f}"
+                    + (" (best so far: best.pt)" if better else ""))
+        if better:
             progress.best_valid_loss = loss
             checkpoint("best.pt")
+        progress.valid_seconds += dist.broadcast_float(time.time() - begun)  # saved in last.pt just below
         checkpoint("last.pt")
         return loss
 
@@ -141,6 +155,7 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
                 checkpoint("last.pt")
                 dist.print0(f"stopping after {steps_this_session} steps as asked (trainer.stop_after_steps)")
                 return {"step": progress.step, "stopped": 1.0}
+        bar.close()  # before the final validation, which has its own bar: the training bar keeps its own time
         return task.result(progress, validate())
     finally:
         bar.close()

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import dist
+from ..config import DynlmError
 from .checkpoint import restore_rng
 
 
@@ -21,7 +22,7 @@ def select_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but CUDA is not available here: use trainer.device=cpu or auto")
+        raise DeviceError(f"trainer.device={name} but CUDA is not available here: use trainer.device=cpu or auto")
     if device.type == "cuda" and device.index is None and dist.launched_by_torchrun():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
     return device
@@ -66,7 +67,15 @@ def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
     (run_dir / "config.json").write_text(json.dumps(config_dict(cfg), indent=2), encoding="utf-8")
 
 
-class RunFolderError(ValueError):
+class NoCheckpointError(DynlmError, FileNotFoundError):
+    """trainer.resume=true in a folder without last.pt."""
+
+
+class DeviceError(DynlmError, RuntimeError):
+    """trainer.device names a device this machine does not have."""
+
+
+class RunFolderError(DynlmError, ValueError):
     """A run folder that already holds another run."""
 
 
@@ -85,6 +94,9 @@ def mark_owner(run_dir: Path) -> None:
     if job and dist.is_main() and dist.restart_count() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / OWNER_FILE).write_text(job, encoding="utf-8")
+
+
+LOG_FILE = "train.log"  # the run's messages (`dist.log_file`)
 
 
 def held_files(run_dir: Path) -> List[Path]:
@@ -116,7 +128,7 @@ def check_run_dir(run_dir: Path, overwrite: bool, keep: Sequence[Path] = ()) -> 
     if any(p.resolve() in inputs for p in held):
         raise RunFolderError(f"trainer.overwrite=true would delete {names} from {run_dir}, and this run reads one of "
                              "them (meta.lm_checkpoint): write the new run to another folder (hydra.run.dir=...).")
-    return held
+    return held + [p for p in [run_dir / LOG_FILE] if p.is_file()]
 
 
 def clear_run_dir(run_dir: Path, files: Sequence[Path]) -> None:
@@ -148,9 +160,11 @@ def resume_path(resume: Any, run_dir: Path) -> Optional[Path]:
     if resume is True or (isinstance(resume, str) and resume.lower() == "true"):
         path = run_dir / "checkpoints" / "last.pt"
         if not path.is_file():
-            raise FileNotFoundError(
+            started = " It holds the logs of a run stopped before its first checkpoint: start that run again with " \
+                "trainer.overwrite=true (and no trainer.resume)." if held_files(run_dir) else ""
+            raise NoCheckpointError(
                 f"trainer.resume=true but {path} does not exist. Resume into the same run folder "
-                "(hydra.run.dir=<the folder of the interrupted run>) or pass trainer.resume=<path to last.pt>."
+                f"(hydra.run.dir=<the folder of the interrupted run>) or pass trainer.resume=<path to last.pt>.{started}"
             )
         return path
     return Path(str(resume))

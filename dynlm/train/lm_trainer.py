@@ -16,18 +16,19 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import dist
+from ..config import ConfigValueError, DynlmError
 from ..data import Corpus, batchify, get_batch, load_corpus, sample_seq_len
 from ..dynamic.reading import read_stream
 from ..model import AWDLSTM, LMState, activation_regularization, build_model, detach_state, token_nll
 from ..run.checkpoint import load_weights
 from ..run.logger import RunLogger
-from ..run.progress import Progress
+from ..run.progress import Progress, token_bar
 from ..run.scaffold import run
 from .ntasgd import WeightAverager
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
+class NonFiniteLossError(DynlmError, FloatingPointError):
+    """Training diverged: the message names the last good checkpoint and what to change."""
 
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -36,12 +37,16 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.name!r}: use optim=ntasgd or optim=adam")
+    raise ConfigValueError(f"unknown optimizer {cfg.name!r}: use optim=ntasgd or optim=adam")
 
 
-def evaluate_loss(model: AWDLSTM, corpus: Corpus, split: str, chunk: int, weights=None) -> float:
-    """Mean NLL per token of a whole split (batch 1, one stream): the number evaluate.py reports as static."""
-    nll = read_stream(model, corpus.splits[split].ids, corpus.tokenizer.eos_id, chunk, weights=weights)
+def evaluate_loss(model: AWDLSTM, corpus: Corpus, split: str, chunk: int, weights=None,
+                  max_tokens: Optional[int] = None, on_segment=None) -> float:
+    """Mean NLL per token of a split read as one stream from its start (batch 1), or of its first `max_tokens`
+    tokens: with the whole split, the number evaluate.py reports as static."""
+    ids = corpus.splits[split].ids
+    nll = read_stream(model, ids if max_tokens is None else ids[: max_tokens], corpus.tokenizer.eos_id, chunk,
+                      weights=weights, on_segment=on_segment)
     return float(nll.double().sum() / nll.numel())
 
 
@@ -79,7 +84,7 @@ class LMTask:
     def __init__(self, cfg: DictConfig, device: torch.device, resumed: Optional[Dict[str, Any]], path: Optional[Path]):
         self.cfg, self.device = cfg, device
         if cfg.data.batch_size % dist.world_size():
-            raise ValueError(
+            raise ConfigValueError(
                 f"data.batch_size={cfg.data.batch_size} is not divisible by the {dist.world_size()} processes: each "
                 "rank reads batch_size / world_size of the streams. Choose a multiple of the number of processes."
             )
@@ -98,7 +103,8 @@ class LMTask:
         self.train_model = self.model
         if dist.is_distributed():  # gradients averaged over ranks in backward
             self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self._loss_sum, self._tokens = 0.0, 0
+        # the training loss since the last log record, carried over a resume: the next record is the same
+        self._loss_sum, self._tokens = (0.0, 0) if resumed is None else tuple(resumed.get("log_window", (0.0, 0)))
 
     def _restore(self, ckpt: Dict[str, Any], path: Path) -> None:
         load_weights(self.model, ckpt["train_weights"], source=f"checkpoint {path}")
@@ -154,13 +160,18 @@ class LMTask:
     def validate(self, logger: RunLogger, step: int):
         # Every rank reads the whole valid stream (one stream: its loss does not depend on the number of
         # ranks); rank 0's number is broadcast so that every rank takes the same decisions below.
-        loss = dist.broadcast_float(
-            evaluate_loss(self.model, self.corpus, "valid", self.cfg.data.eval_bptt, self.eval_weights()))
+        max_tokens = self.cfg.trainer.valid_max_tokens
+        tokens = self.corpus.splits["valid"].ids.numel()
+        tokens = tokens if max_tokens is None else min(tokens, max_tokens)
+        with token_bar(tokens, "valid", self.cfg.trainer.progress_bar) as bar:
+            loss = dist.broadcast_float(evaluate_loss(self.model, self.corpus, "valid", self.cfg.data.eval_bptt,
+                                                      self.eval_weights(), max_tokens, bar.update))
         if self.averager is not None and self.averager.should_trigger(loss):
             self.averager.start(self.model)
             dist.print0(f"NT-ASGD: averaging from step {step}")
         averaging = float(self.eval_weights() is not None)
-        return loss, {"valid/loss": loss, "valid/ppl": math.exp(loss), "valid/averaging": averaging}
+        return loss, {"valid/loss": loss, "valid/ppl": math.exp(loss), "valid/averaging": averaging,
+                      "valid/tokens": float(tokens)}
 
     def checkpoint_state(self) -> Dict[str, Any]:
         hidden_all = [(dist.gather_streams(h), dist.gather_streams(c)) for h, c in self.hidden]
@@ -172,6 +183,7 @@ class LMTask:
             "averager": self.averager.state_dict() if self.averager is not None else None,
             "bptt_rng": self.bptt_gen.get_state(),
             "hidden": hidden_all,
+            "log_window": [self._loss_sum, self._tokens],
         }
 
     def result(self, progress: Progress, valid_loss: float) -> Dict[str, float]:

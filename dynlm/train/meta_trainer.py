@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from .. import dist
+from ..config import ConfigValueError, DynlmError
 from ..data import MetaStreams, load_corpus
 from ..dynamic.fast_weights import finite_streams, select_dynamic, zero_rows
 from ..dynamic.grad_stats import GradStats
@@ -33,6 +34,10 @@ from ..run.scaffold import run
 from .meta_validation import quick_adaptive_valid
 
 WindowHook = Callable[[ReadingState, int], ReadingState]
+
+
+class MetaDivergedError(DynlmError, FloatingPointError):
+    """Too many skipped windows in a row: the message names the last good checkpoint and what to change."""
 
 
 @dataclass
@@ -171,10 +176,10 @@ class MetaTask:
                  path: Optional[Path], on_window: Optional[WindowHook] = None):
         mc = cfg.meta
         if mc.name != "gated":
-            raise ValueError(f"stage=meta trains a learned rule: use meta=gated (meta={mc.name} has nothing to train)")
+            raise ConfigValueError(f"stage=meta trains a learned rule: use meta=gated (meta={mc.name} has nothing to train)")
         lm_path = path if resumed is not None else mc.lm_checkpoint
         if lm_path is None:
-            raise ValueError("stage=meta needs meta.lm_checkpoint=<path to a stage-1 checkpoint (best.pt)>")
+            raise ConfigValueError("stage=meta needs meta.lm_checkpoint=<path to a stage-1 checkpoint (best.pt)>")
         lm_ckpt = resumed if resumed is not None else load_checkpoint(lm_path, map_location="cpu")
         model = lm_from_checkpoint(lm_ckpt, lm_path).to(device)
         # The model is the checkpoint's: record its config so this run's checkpoints describe it.
@@ -186,7 +191,8 @@ class MetaTask:
         names = select_dynamic(model, mc.dynamic)
         self.streams = MetaStreams(corpus.splits[mc.split], mc.batch_size, mc.seg_len, dist.rank(), dist.world_size())
         stats, _ = grad_stats_for(model, names, lm_ckpt, lm_path, corpus.splits[mc.split], corpus.checksums[mc.split],
-                                  mc.gradstat_tokens, mc.gradstat_streams, mc.seg_len, cfg.data.cache_dir)
+                                  mc.gradstat_tokens, mc.gradstat_streams, mc.seg_len, cfg.data.cache_dir,
+                                  progress_bar=cfg.trainer.progress_bar)
         self.ml = build_meta_learning(mc, model, names, stats)
         self.state, self.static_lm = fresh_window_state(self.ml, self.streams.num_local_streams)
         if resumed is not None:
@@ -227,7 +233,7 @@ class MetaTask:
         self._last = report
         self._skipped_in_a_row = self._skipped_in_a_row + 1 if report.skipped else 0
         if self._skipped_in_a_row >= self.ml.meta.max_skipped_windows:
-            raise FloatingPointError(
+            raise MetaDivergedError(
                 f"the last {self._skipped_in_a_row} windows (to step {progress.step + 1}) were all skipped: non-finite "
                 "meta-gradients or dynamic weights, so meta-training is diverging. The last good checkpoint is the run "
                 "folder's checkpoints/last.pt (the last validation); lower meta.meta_lr or meta.lr and resume from it "

@@ -16,10 +16,12 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from torch import Tensor
 
+from .. import dist
 from ..dynamic.reading import read_stream
 from ..dynamic.rules import build_rule
 from ..run.dashboard import active, chunk_means, line_series
 from ..run.jsonl import ends_torn, read_jsonl
+from ..run.progress import token_bar
 
 CURVE_POINTS = 50
 HISTORY = 8  # evaluations shown in the gain-history plot
@@ -39,11 +41,12 @@ def quick_adaptive_valid(model, learner, stats, names, corpus, cfg, logger=None,
     eos, seg = corpus.tokenizer.eos_id, cfg.meta.seg_len
     device = next(model.parameters()).device
     dyneval = build_rule(cfg.meta, names, stats, name="dyneval").to(device)
-    results = {
-        "static": read_stream(model, ids, eos, cfg.data.eval_bptt),
-        "dyneval": read_stream(model, ids, eos, seg, rule=dyneval, names=names),
-        "meta": read_stream(model, ids, eos, seg, rule=learner, names=names),
-    }
+    with token_bar(3 * ids.numel(), "valid (static, dyneval, meta)", cfg.trainer.progress_bar) as bar:
+        results = {
+            "static": read_stream(model, ids, eos, cfg.data.eval_bptt, on_segment=bar.update),
+            "dyneval": read_stream(model, ids, eos, seg, rule=dyneval, names=names, on_segment=bar.update),
+            "meta": read_stream(model, ids, eos, seg, rule=learner, names=names, on_segment=bar.update),
+        }
     metrics: Dict[str, float] = {"valid/tokens": float(ids.numel())}
     for method, nll in results.items():
         loss = float(nll.double().mean())
@@ -97,7 +100,7 @@ def _append(path: Path, record: dict) -> List[dict]:
     """Append `record` to the JSONL file and return the records of the same article (a resumed run included)."""
     old, torn = read_jsonl(path)
     if torn:
-        print(f"skipped {torn} torn line(s) of {path} (a write that was killed)", flush=True)
+        dist.print0(f"skipped {torn} torn line(s) of {path} (a write that was killed)")
     with open(path, "a", encoding="utf-8") as f:
         f.write(("\n" if ends_torn(path) else "") + json.dumps(record) + "\n")
     same = [r for r in old if r.get("title") == record["title"] and r.get("x") == record["x"] and r["step"] < record["step"]]

@@ -1,0 +1,97 @@
+"""SIGKILL at several points of both stages (between checkpoints, halfway through a checkpoint write), resume
+each time, and end bit-identical to a run that was never interrupted: weights, optimiser, averager, reading
+state, RNGs, and the same log records, none twice."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynlm.run.checkpoint import load_checkpoint
+
+from hydra_helpers import meta_overrides, tiny_lm_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+WRAPPER = str(Path(__file__).with_name("kill_wrapper.py"))
+# wall-clock quantities, and the settings that say how each process was started
+NOT_COMPARED = {"elapsed", "valid_seconds", "time", "train/tokens_per_s", "meta/tokens_per_s", "meta/window_s",
+                "resume", "overwrite"}
+
+
+def _train(args, kill=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, *([WRAPPER, kill] if kill else []), "scripts/train.py", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _assert_same(a, b, where="checkpoint"):
+    """Equal, tensors bit for bit (`NOT_COMPARED` keys excepted)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
+        for k in a:
+            if k not in NOT_COMPARED:
+                _assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _records(run: Path):
+    return [{k: v for k, v in json.loads(line).items() if k not in NOT_COMPARED}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _killed_then_resumed(args, run: Path, kills):
+    """Start, kill at `kills[0]`, then resume and kill at each next point, then resume to the end. A run killed
+    before its first checkpoint starts over, as its error message says."""
+    for i, kill in enumerate(kills + [None]):
+        if i and not (run / "checkpoints" / "last.pt").is_file():
+            proc = _train(args + ["trainer.resume=true"])
+            assert proc.returncode != 0 and "trainer.overwrite=true" in proc.stderr, proc.stderr[-2000:]
+        again = ["trainer.resume=true"] if (run / "checkpoints" / "last.pt").is_file() else ["trainer.overwrite=true"]
+        proc = _train(args + (again if i else []), kill)
+        if kill is None:
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        else:
+            assert proc.returncode == -9, (kill, proc.returncode, proc.stderr[-3000:])
+    assert not list((run / "checkpoints").glob("*.tmp"))  # the torn write's temporary is gone
+
+
+def _compare(full: Path, split: Path):
+    for name in ("last.pt", "best.pt"):
+        _assert_same(load_checkpoint(full / "checkpoints" / name), load_checkpoint(split / "checkpoints" / name),
+                     name)
+    assert _records(full) == _records(split)
+
+
+@pytest.mark.slow
+def test_stage1_killed_three_times_ends_bit_identical(wikitext2_slice_dir, tmp_path):
+    args = tiny_lm_overrides(wikitext2_slice_dir, **{"optim.nonmono": 0, "trainer.eval_interval": 4})
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert _train(args + [f"hydra.run.dir={full}"]).returncode == 0
+    # checkpoints at steps 4, 8, 12 (best.pt, then last.pt); the resumed run's 2nd write is last.pt at step 8
+    _killed_then_resumed(args + [f"hydra.run.dir={split}"], split, ["step:6", "write:2", "step:10"])
+    _compare(full, split)
+
+
+@pytest.mark.slow
+def test_stage2_killed_three_times_ends_bit_identical(wikitext2_slice_dir, tmp_path):
+    lm = tmp_path / "lm"
+    assert _train(tiny_lm_overrides(wikitext2_slice_dir, **{"trainer.max_steps": 20}) + [f"hydra.run.dir={lm}"]
+                  ).returncode == 0
+    args = meta_overrides(wikitext2_slice_dir, lm / "checkpoints" / "best.pt", **{
+        "meta.batch_size": 2, "meta.seg_len": 4, "meta.window": 2, "meta.gradstat_tokens": 400,
+        "meta.valid_max_tokens": 200, "trainer.max_steps": 6, "trainer.eval_interval": 2})
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert _train(args + [f"hydra.run.dir={full}"]).returncode == 0
+    # step 1: before any checkpoint; checkpoints at steps 2, 4, 6: the resumed run's first write is at step 4
+    _killed_then_resumed(args + [f"hydra.run.dir={split}"], split, ["step:1", "step:3", "write:1"])
+    _compare(full, split)
