@@ -129,7 +129,7 @@ class MetaConfig:
     gradstat_streams: int = 100  # streams (batch size) of that measurement
     split: str = "train"  # articles read during meta-training
     valid_articles: int = 2  # quick adaptive validation (first N valid articles) at every eval
-    valid_max_tokens: Optional[int] = None  # and at most this many tokens of them
+    valid_max_tokens: Optional[int] = None  # the quick validation reads at most this many of their tokens
     # Stop with an error after this many consecutive windows whose update was skipped (non-finite values).
     max_skipped_windows: int = 10
 

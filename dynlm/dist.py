@@ -39,8 +39,12 @@ class _Console(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
 
-        tqdm.write(self.format(record), file=sys.stdout)
-        sys.stdout.flush()
+        try:
+            level = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
+            tqdm.write(level + self.format(record), file=sys.stdout)
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+            self.handleError(record)
 
 
 _messages = logging.getLogger("dynlm")
@@ -68,6 +72,10 @@ def log_file(path: Path) -> Iterator[None]:
     _messages.addHandler(handler)
     try:
         yield
+    except BaseException as e:  # why the run stopped, for whoever reads the log of a run left alone
+        handler.handle(logging.LogRecord("dynlm", logging.ERROR, __file__, 0,
+                                         f"stopped: {type(e).__name__}: {e}", None, None))
+        raise
     finally:
         _messages.removeHandler(handler)
         handler.close()

@@ -56,12 +56,17 @@ def _killed_then_resumed(args, run: Path, kills):
         if i and not (run / "checkpoints" / "last.pt").is_file():
             proc = _train(args + ["trainer.resume=true"])
             assert proc.returncode != 0 and "trainer.overwrite=true" in proc.stderr, proc.stderr[-2000:]
-        again = ["trainer.resume=true"] if (run / "checkpoints" / "last.pt").is_file() else ["trainer.overwrite=true"]
-        proc = _train(args + (again if i else []), kill)
+        last = run / "checkpoints" / "last.pt"
+        before = load_checkpoint(last)["progress"]["step"] if last.is_file() else None
+        proc = _train(args + ((["trainer.resume=true"] if before is not None else ["trainer.overwrite=true"])
+                              if i else []), kill)
         if kill is None:
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        else:
-            assert proc.returncode == -9, (kill, proc.returncode, proc.stderr[-3000:])
+            continue
+        assert proc.returncode == -9, (kill, proc.returncode, proc.stderr[-3000:])
+        if kill.startswith("write"):  # it died inside a checkpoint write: half a temporary, last.pt as it was
+            assert list((run / "checkpoints").glob(".*.pt.*.tmp"))
+            assert (load_checkpoint(last)["progress"]["step"] if last.is_file() else None) == before
     assert not list((run / "checkpoints").glob("*.tmp"))  # the torn write's temporary is gone
 
 
@@ -77,7 +82,7 @@ def test_stage1_killed_three_times_ends_bit_identical(wikitext2_slice_dir, tmp_p
     args = tiny_lm_overrides(wikitext2_slice_dir, **{"optim.nonmono": 0, "trainer.eval_interval": 4})
     full, split = tmp_path / "full", tmp_path / "split"
     assert _train(args + [f"hydra.run.dir={full}"]).returncode == 0
-    # checkpoints at steps 4, 8, 12 (best.pt, then last.pt); the resumed run's 2nd write is last.pt at step 8
+    # checkpoints at steps 4, 8, 12 (best.pt when better, then last.pt); the resumed run dies in its 2nd write
     _killed_then_resumed(args + [f"hydra.run.dir={split}"], split, ["step:6", "write:2", "step:10"])
     _compare(full, split)
 

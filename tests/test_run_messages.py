@@ -31,7 +31,7 @@ def test_bars_and_logs_of_both_scripts(wikitext2_slice_dir, tmp_path):
     assert "step 6: valid loss" in log and "step 12: valid loss" in log and "done: step 12" in log
     _no_empty_logs(lm)
     err = proc.stderr
-    assert "valid:" in err  # the validation pass has its bar
+    assert "valid:" in err and "train: 100%" in err  # the validation pass has its bar
     # the training bar is closed before the final validation: it is not drawn again after it
     assert err.rfind("train: 100%") < err.rfind("valid:")
 

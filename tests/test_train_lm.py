@@ -71,6 +71,19 @@ def test_resume_true_without_a_checkpoint_says_what_to_do(wikitext2_slice_dir, t
         train(compose_config(tiny_lm_overrides(wikitext2_slice_dir, **{"trainer.resume": "true"})), tmp_path / "r")
 
 
+def test_resume_without_last_pt_but_with_best_pt_names_best_pt(wikitext2_slice_dir, tmp_path):
+    """Killed between the two writes of the first validation: best.pt is whole and the message says so (the
+    folder must not be overwritten)."""
+    run = tmp_path / "run"
+    over = tiny_lm_overrides(wikitext2_slice_dir, **{"trainer.max_steps": 6})
+    train(compose_config(over), run)
+    (run / "checkpoints" / "last.pt").unlink()
+    best = run / "checkpoints" / "best.pt"
+    with pytest.raises(FileNotFoundError, match=f"resume from it with trainer.resume={best}") as err:
+        train(compose_config(over + ["trainer.resume=true"]), run)
+    assert "overwrite" not in str(err.value)
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(wikitext2_slice_dir, tmp_path):
     run = tmp_path / "run"
     over = tiny_lm_overrides(wikitext2_slice_dir)

@@ -17,17 +17,30 @@ def _run(args, **env):
     return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
 
 
+def readme_quick_checks() -> list:
+    """The commands of the README's "first few minutes" block, as argument lists."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("## The first few minutes", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = " ".join(line.split("#")[0].strip() for line in block.splitlines()).split("python ")
+    return [c.replace("\\", " ").split() for c in commands if c.strip()]
+
+
 @pytest.mark.slow
-def test_readme_quick_check_on_full_wikitext2(wikitext2_dir, tmp_path):
-    """The README's quick check: model=tiny, 50 steps on the full data; valid ppl far below |V| = 33,278."""
-    run = tmp_path / "x"
-    proc = _run(["scripts/train.py", "model=tiny", f"data.dir={wikitext2_dir}", "trainer.max_steps=50", "logger=none",
-                 f"hydra.run.dir={run}", "trainer.progress_bar=false"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for f in ["config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"]:
-        assert (run / f).is_file(), f
-    valid = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "valid/ppl" in x]
-    assert valid and valid[-1]["valid/ppl"] < 33278 / 10
+def test_readme_quick_checks_run_in_a_chain(wikitext2_dir, tmp_path):
+    """The README's three quick checks, as written (full WikiText-2), each reading what the previous wrote."""
+    commands = readme_quick_checks()
+    assert [c[0] for c in commands] == ["scripts/train.py", "scripts/train.py", "scripts/evaluate.py"]
+    for args in commands:
+        args = [a.replace("runs/quick-", f"{tmp_path}/quick-").replace("../shared/data/wikitext-2", str(wikitext2_dir))
+                for a in args]
+        proc = _run(args + ["trainer.progress_bar=false" if "train" in args[0] else "eval.progress_bar=false"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for f in ["quick-lm/checkpoints/best.pt", "quick-meta/checkpoints/best.pt", "quick-eval/results.json"]:
+        assert (tmp_path / f).is_file(), f
+    valid = [json.loads(x) for x in (tmp_path / "quick-lm/metrics.jsonl").read_text().splitlines() if "valid/ppl" in x]
+    assert valid[-1]["valid/tokens"] == 20000 and valid[-1]["valid/ppl"] < 33278 / 10
+    results = json.loads((tmp_path / "quick-eval/results.json").read_text())
+    assert list(results["methods"]) == ["static", "dyneval", "meta"] and results["num_articles"] == 2
 
 
 def test_unknown_key_fails_before_any_work(tmp_path):

@@ -17,7 +17,7 @@ class Progress:
     position: int = 0  # stage 1: time index into the batched streams; stage 2: next segment index
     tokens: int = 0
     elapsed: float = 0.0  # seconds of this run so far, over all its sessions
-    valid_seconds: float = 0.0  # of which validating and checkpointing: trainer.max_time does not count them
+    valid_seconds: float = 0.0  # of which validating: trainer.max_time does not count them
     best_valid_loss: float = math.inf
     extra: Dict[str, Any] = field(default_factory=dict)
 

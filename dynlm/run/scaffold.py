@@ -123,10 +123,12 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
         better = loss < progress.best_valid_loss
         dist.print0(f"step {progress.step}: valid loss {loss:.4f}, ppl {math.exp(loss):.2f}"
                     + (" (best so far: best.pt)" if better else ""))
+        # both clocks now, as the checkpoints below record them: a resumed run's budget goes on from here
+        progress.valid_seconds += dist.broadcast_float(time.time() - begun)
+        progress.elapsed = dist.broadcast_float(time.time() - started)
         if better:
             progress.best_valid_loss = loss
             checkpoint("best.pt")
-        progress.valid_seconds += dist.broadcast_float(time.time() - begun)  # saved in last.pt just below
         checkpoint("last.pt")
         return loss
 

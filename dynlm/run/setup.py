@@ -160,8 +160,14 @@ def resume_path(resume: Any, run_dir: Path) -> Optional[Path]:
     if resume is True or (isinstance(resume, str) and resume.lower() == "true"):
         path = run_dir / "checkpoints" / "last.pt"
         if not path.is_file():
-            started = " It holds the logs of a run stopped before its first checkpoint: start that run again with " \
-                "trainer.overwrite=true (and no trainer.resume)." if held_files(run_dir) else ""
+            best = run_dir / "checkpoints" / "best.pt"
+            if best.is_file():  # killed (or out of disk) between the two writes of a validation
+                started = f" {best} is there: resume from it with trainer.resume={best}."
+            elif held_files(run_dir):
+                started = " It holds the logs of a run stopped before its first checkpoint: start that run again " \
+                    "with trainer.overwrite=true (and no trainer.resume)."
+            else:
+                started = ""
             raise NoCheckpointError(
                 f"trainer.resume=true but {path} does not exist. Resume into the same run folder "
                 f"(hydra.run.dir=<the folder of the interrupted run>) or pass trainer.resume=<path to last.pt>.{started}"

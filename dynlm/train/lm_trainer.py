@@ -105,6 +105,7 @@ class LMTask:
             self.train_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         # the training loss since the last log record, carried over a resume: the next record is the same
         self._loss_sum, self._tokens = (0.0, 0) if resumed is None else tuple(resumed.get("log_window", (0.0, 0)))
+        self._timed_tokens = 0  # tokens/s counts this process's tokens only
 
     def _restore(self, ckpt: Dict[str, Any], path: Path) -> None:
         load_weights(self.model, ckpt["train_weights"], source=f"checkpoint {path}")
@@ -145,13 +146,14 @@ class LMTask:
             self.hidden = self.model.init_state(self.streams.shape[1])
         self._loss_sum += nll * n_tok
         self._tokens += n_tok
+        self._timed_tokens += n_tok
         return False
 
     def metrics(self, p: Progress, seconds: float) -> Dict[str, float]:
         mean = self._loss_sum / self._tokens
         out = {"train/loss": mean, "train/ppl": math.exp(mean), "train/lr": self.cfg.optim.lr,
-               "train/tokens_per_s": self._tokens / seconds, "train/epoch": p.epoch, "train/tokens": p.tokens}
-        self._loss_sum, self._tokens = 0.0, 0
+               "train/tokens_per_s": self._timed_tokens / seconds, "train/epoch": p.epoch, "train/tokens": p.tokens}
+        self._loss_sum, self._tokens, self._timed_tokens = 0.0, 0, 0
         return out
 
     def postfix(self, m: Dict[str, float]) -> Dict[str, str]:
