@@ -28,6 +28,8 @@ class DataConfig:
     bptt: int = 70  # stage 1: base length of a truncated-BPTT step (varied around it, as AWD-LSTM)
     # Evaluation reads the split as one stream, `eval_bptt` tokens at a time.
     eval_bptt: int = 256
+    # Keep the last N train articles out of stage 1, for stage 2 to meta-train on (meta.split); 0: none.
+    meta_holdout_articles: int = 0
 
 
 @dataclass
@@ -127,7 +129,8 @@ class MetaConfig:
     # it, as Krause; about an hour for WikiText-2 on one CPU core, hence 200k until measured to matter).
     gradstat_tokens: Optional[int] = 200000
     gradstat_streams: int = 100  # streams (batch size) of that measurement
-    split: str = "train"  # articles read during meta-training
+    # Articles stage 2 reads: train | heldout (kept out of stage 1); null: heldout if there are any, else train.
+    split: Optional[str] = None
     valid_articles: int = 2  # quick adaptive validation (first N valid articles) at every eval
     valid_max_tokens: Optional[int] = None  # the quick validation reads at most this many of their tokens
     # Stop with an error after this many consecutive windows whose update was skipped (non-finite values).
@@ -163,7 +166,7 @@ RANGES = {
     "meta.ewc": (0.0, None, True), "meta.seg_len": (1, None, True), "meta.window": (1, None, True),
     "meta.batch_size": (1, None, True), "meta.gradstat_streams": (1, None, True),
     "meta.max_skipped_windows": (1, None, True), "data.batch_size": (1, None, True), "data.bptt": (1, None, True),
-    "trainer.valid_max_tokens": (2, None, True),
+    "trainer.valid_max_tokens": (2, None, True), "data.meta_holdout_articles": (0, None, True),
 }
 
 

@@ -3,6 +3,7 @@ from .articles import article_line_starts, title_lines
 from .batching import batchify, get_batch, sample_seq_len
 from .corpus import Corpus, load_corpus
 from .errors import DataError
+from .holdout import HELDOUT, hold_out
 from .meta_streams import MetaBatch, MetaStreams, deal_articles
 from .sentencepiece_tokenizer import SentencePieceTokenizer
 from .sources import SPLITS
@@ -15,6 +16,7 @@ __all__ = [
     "Corpus",
     "DataError",
     "EOS",
+    "HELDOUT",
     "MetaBatch",
     "MetaStreams",
     "SPLITS",
@@ -28,6 +30,7 @@ __all__ = [
     "build_split",
     "deal_articles",
     "get_batch",
+    "hold_out",
     "load_corpus",
     "sample_seq_len",
     "title_lines",

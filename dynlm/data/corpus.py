@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import DataError
+from .holdout import HELDOUT, KEY, hold_out
 from .sources import HUB_DATASET, SplitText, check_split_names, read_hub, read_local
 from .split import Split, build_split
 from .tokenizer import Tokenizer
@@ -19,7 +20,9 @@ TOKENIZERS = ("word", "sentencepiece")
 class Corpus:
     tokenizer: Tokenizer
     splits: dict[str, Split]  # only the requested splits
-    checksums: dict[str, str]  # every split read (train too when it built the tokenizer) -> sha256
+    # every split read (train too when it built the tokenizer) -> sha256; with held-out articles, "train" is the
+    # sha256 of the text stage 1 reads and "heldout" that of the held-out articles (`holdout.py`)
+    checksums: dict[str, str]
     source: str  # absolute folder path, or "hub:<dataset>/<config>"
     # Where the SentencePiece model is cached (None for the word vocabulary or a given tokenizer).
     tokenizer_path: Optional[str] = field(default=None)
@@ -39,11 +42,18 @@ def load_corpus(
 
     The tokenizer is built from train (read even when not requested) unless one is given, e.g. the
     one restored from a checkpoint with `tokenizer_from_state_dict`, so evaluation reads only its split.
+    With `cfg.meta_holdout_articles` = N > 0, "train" is the train text without its last N articles and
+    "heldout" those N articles. The tokenizer is still built from the whole train text, so that ids are
+    the same with and without a hold-out (WikiText's vocabulary is that of its whole train split).
     """
-    splits = check_split_names(splits)
+    splits = check_split_names(splits, derived=(HELDOUT,))
     if tokenizer is None and cfg.tokenizer not in TOKENIZERS:
         raise DataError(f"unknown data.tokenizer={cfg.tokenizer!r}: use one of {list(TOKENIZERS)}")
-    to_read = splits if tokenizer is not None or "train" in splits else ("train",) + splits
+    held = int(getattr(cfg, "meta_holdout_articles", 0) or 0)  # a data config saved before the key existed: 0
+    if HELDOUT in splits and not held:
+        raise DataError(f"the {HELDOUT} split needs held-out articles: set {KEY}=N (N > 0) in stage 1")
+    files = tuple(dict.fromkeys("train" if s == HELDOUT else s for s in splits))
+    to_read = files if tokenizer is not None or "train" in files else ("train",) + files
     if cfg.dir:
         texts = read_local(cfg.dir, to_read)
         source = str(Path(cfg.dir).expanduser().resolve())
@@ -54,6 +64,8 @@ def load_corpus(
     path = None
     if tokenizer is None:
         tokenizer, path = build_tokenizer(cfg, texts["train"])
+    if held and "train" in texts:
+        texts["train"], texts[HELDOUT] = hold_out(texts["train"], held)
     out = {}
     for s in splits:
         try:

@@ -28,11 +28,12 @@ class SplitText:
     origin: str  # file path or hub address, for messages
 
 
-def check_split_names(splits: Iterable[str]) -> tuple[str, ...]:
-    splits = tuple(splits)
-    bad = [s for s in splits if s not in SPLITS]
+def check_split_names(splits: Iterable[str], derived: Sequence[str] = ()) -> tuple[str, ...]:
+    """`splits` as a tuple, each one of SPLITS or of the `derived` names (splits cut from those files)."""
+    splits, known = tuple(splits), SPLITS + tuple(derived)
+    bad = [s for s in splits if s not in known]
     if bad or not splits:
-        raise DataError(f"unknown split name(s) {bad or list(splits)}: use some of {list(SPLITS)}")
+        raise DataError(f"unknown split name(s) {bad or list(splits)}: use some of {list(known)}")
     return splits
 
 

@@ -17,13 +17,14 @@ from torch import nn
 from .. import dist
 from ..cache import sha256_file
 from ..config import DataConfig, DynlmError, MetaConfig
-from ..data import Corpus, Split, load_corpus
+from ..data import Corpus, Split, hold_out, load_corpus
 from ..data.sources import read_hub, read_local
 from ..dynamic.fast_weights import select_dynamic
 from ..dynamic.grad_stats import GradStats
 from ..model import AWDLSTM
 from ..run.checkpoint import CheckpointError, load_checkpoint
-from ..run.from_checkpoint import check_data_matches, lm_from_checkpoint, load_learner, stored_grad_stats
+from ..run.from_checkpoint import (check_data_matches, holdout_articles, lm_from_checkpoint, load_learner,
+                                   stored_grad_stats)
 from ..run.setup import select_device
 from .aggregate import article_word_counts
 from .config import METHODS
@@ -158,7 +159,10 @@ def dyneval_settings(ckpt_meta: DictConfig, e) -> DictConfig:
 def split_words(data_cfg: DictConfig, split: str) -> List[int]:
     """Words per article of the split's text (read again: the corpus keeps token ids, not lines)."""
     texts = read_local(data_cfg.dir, (split,)) if data_cfg.dir else read_hub(data_cfg.hub_config, (split,))
-    return article_word_counts(texts[split].lines)
+    text = texts[split]
+    if split == "train" and data_cfg.meta_holdout_articles:  # the train split is what stage 1 read
+        text = hold_out(text, data_cfg.meta_holdout_articles)[0]
+    return article_word_counts(text.lines)
 
 
 def load_inputs(cfg: DictConfig) -> EvalInputs:
@@ -185,6 +189,7 @@ def load_inputs(cfg: DictConfig) -> EvalInputs:
                 raise CheckpointError(f"checkpoint {path} has a meta-learner but no gradient statistics (grad_stats)")
             learner = load_learner(ckpt, ckpt_meta, names, stats, path, device).eval()
 
+    holdout_articles(cfg.data.meta_holdout_articles, ckpt, path)  # train is what stage 1 read: no other cut
     data_cfg = effective_data_config(cfg.data, ckpt["config"])
     splits = (cfg.split,) if not ("dyneval" in methods and stats is None) else tuple(dict.fromkeys((cfg.split, "train")))
     corpus = load_corpus(data_cfg, splits=splits)

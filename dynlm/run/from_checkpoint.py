@@ -2,7 +2,8 @@
 
 Stage 2, evaluation and the benchmark all go through here, so a checkpoint means the same thing to each of them.
 The gradient statistics come from the checkpoint when it has them (stage 2 stores them), else from the disk
-cache (`grad_stats_cache.py`), else they are measured now (and cached).
+cache (`grad_stats_cache.py`), else they are measured now (and cached). The train articles held out of stage 1
+(`data.meta_holdout_articles`) are the checkpoint's too, so every run from it reads the train split its stage 1 read.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from .. import dist
 from ..cache import sha256_file
-from ..data import Split
+from ..data import HELDOUT, Split
 from ..dynamic.grad_stats import GradStats, measure_grad_stats
 from ..dynamic.rules import build_rule
 from ..model import AWDLSTM, build_model
@@ -63,6 +64,33 @@ def check_data_matches(ckpt: Dict[str, Any], corpus, path: str | Path) -> None:
         raise CheckpointError(
             f"checkpoint {path} was trained with a different vocabulary (same size, different ids) than the data "
             f"at {corpus.source}. Use the data it was trained with: {ckpt['config'].get('data')}"
+        )
+
+
+def holdout_articles(asked: int, ckpt: Dict[str, Any], path: str | Path) -> int:
+    """The number of train articles the checkpoint's stage 1 kept out (`data.meta_holdout_articles`).
+
+    A run from a checkpoint reads the train split its stage 1 read (stage 2's held-out articles, the statistics of
+    dyneval), so `asked` must be 0 (the default: take the checkpoint's) or that same number.
+    """
+    stored = int(((ckpt.get("config") or {}).get("data") or {}).get("meta_holdout_articles") or 0)
+    if asked and asked != stored:
+        raise CheckpointError(
+            f"data.meta_holdout_articles={asked} but checkpoint {path} was trained with {stored}: a run from a "
+            "checkpoint reads the train articles its stage 1 read and held out. Leave data.meta_holdout_articles "
+            "unset, or train a stage 1 with the number you want."
+        )
+    return stored
+
+
+def check_heldout_matches(ckpt: Dict[str, Any], corpus, path: str | Path) -> None:
+    """The held-out articles of the data are those the checkpoint's stage 1 kept out: the same text (sha256)."""
+    stored, read = (ckpt.get("data_checksums") or {}).get(HELDOUT), corpus.checksums.get(HELDOUT)
+    if stored is not None and read is not None and stored != read:
+        raise CheckpointError(
+            f"the held-out articles at {corpus.source} are not those checkpoint {path} kept out of stage 1 (another "
+            "sha256), so stage 1 may have trained on them. Use the data it was trained with: "
+            f"{ckpt['config'].get('data')}"
         )
 
 
@@ -142,5 +170,5 @@ def grad_stats_for(
     return stats, "measured"
 
 
-__all__ = ["check_data_matches", "grad_stats_for", "lm_from_checkpoint", "load_learner", "load_lm",
-           "stored_grad_stats", "CheckpointError"]
+__all__ = ["check_data_matches", "check_heldout_matches", "grad_stats_for", "holdout_articles", "lm_from_checkpoint",
+           "load_learner", "load_lm", "stored_grad_stats", "CheckpointError"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import dist
@@ -21,6 +21,7 @@ from ..data import Corpus, batchify, get_batch, load_corpus, sample_seq_len
 from ..dynamic.reading import read_stream
 from ..model import AWDLSTM, LMState, activation_regularization, build_model, detach_state, token_nll
 from ..run.checkpoint import load_weights
+from ..run.from_checkpoint import holdout_articles
 from ..run.logger import RunLogger
 from ..run.progress import Progress, token_bar
 from ..run.scaffold import run
@@ -88,7 +89,11 @@ class LMTask:
                 f"data.batch_size={cfg.data.batch_size} is not divisible by the {dist.world_size()} processes: each "
                 "rank reads batch_size / world_size of the streams. Choose a multiple of the number of processes."
             )
-        self.corpus = load_corpus(cfg.data, splits=("train", "valid"))  # test is for evaluation only
+        if resumed is not None:  # a resumed run keeps its articles out (data.meta_holdout_articles) as it began
+            held = holdout_articles(cfg.data.meta_holdout_articles, resumed, path)
+            self.cfg = cfg = OmegaConf.merge(cfg, {"data": {"meta_holdout_articles": held}})
+        # test is for evaluation only; train is without its held-out articles (data.meta_holdout_articles)
+        self.corpus = load_corpus(cfg.data, splits=("train", "valid"))
         self.model = build_model(cfg.model, self.corpus.tokenizer.vocab_size).to(device)
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.averager = WeightAverager(cfg.optim.nonmono) if cfg.optim.name == "ntasgd" else None

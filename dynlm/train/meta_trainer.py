@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .. import dist
 from ..config import ConfigValueError, DynlmError
-from ..data import MetaStreams, load_corpus
+from ..data import HELDOUT, MetaStreams, load_corpus
 from ..dynamic.fast_weights import finite_streams, select_dynamic, zero_rows
 from ..dynamic.grad_stats import GradStats
 from ..dynamic.reading_state import ReadingState, fresh_state
@@ -27,7 +27,8 @@ from ..dynamic.rules import build_rule
 from ..dynamic.segment import adapt_segment
 from ..model import LMState, detach_state, static_weights, token_nll
 from ..run.checkpoint import load_checkpoint, load_weights
-from ..run.from_checkpoint import check_data_matches, grad_stats_for, lm_from_checkpoint
+from ..run.from_checkpoint import (check_data_matches, check_heldout_matches, grad_stats_for, holdout_articles,
+                                   lm_from_checkpoint)
 from ..run.logger import RunLogger
 from ..run.progress import Progress
 from ..run.scaffold import run
@@ -167,6 +168,24 @@ def fresh_window_state(ml: MetaLearning, streams: int) -> Tuple[ReadingState, LM
     return state, ml.model.init_state(streams)
 
 
+def meta_split(asked: Optional[str], held: int, resumed: Optional[Dict[str, Any]]) -> str:
+    """The split stage 2 reads: `meta.split`, else (a resumed run) the one it began with, else the held-out
+    articles when stage 1 kept some out (what they are for), else train."""
+    if asked is None and resumed is not None:
+        asked = ((resumed.get("config") or {}).get("meta") or {}).get("split")
+    if asked is None:
+        return HELDOUT if held else "train"
+    if asked not in ("train", HELDOUT):
+        raise ConfigValueError(f"meta.split={asked!r}: use train or {HELDOUT} (valid chooses checkpoints, test "
+                               "reports)")
+    if asked == HELDOUT and not held:
+        raise ConfigValueError(
+            f"meta.split={HELDOUT} but the stage-1 checkpoint kept no articles out. Train stage 1 with "
+            "data.meta_holdout_articles=N, or leave meta.split unset to meta-train on train."
+        )
+    return asked
+
+
 class MetaTask:
     """Stage 2 as a task of the run scaffold."""
 
@@ -182,15 +201,21 @@ class MetaTask:
             raise ConfigValueError("stage=meta needs meta.lm_checkpoint=<path to a stage-1 checkpoint (best.pt)>")
         lm_ckpt = resumed if resumed is not None else load_checkpoint(lm_path, map_location="cpu")
         model = lm_from_checkpoint(lm_ckpt, lm_path).to(device)
-        # The model is the checkpoint's: record its config so this run's checkpoints describe it.
-        self.cfg = cfg = OmegaConf.merge(cfg, {"model": lm_ckpt["config"]["model"]})
-        self.corpus = corpus = load_corpus(cfg.data, splits=tuple(dict.fromkeys([mc.split, "valid"])))
+        # The model and the train/held-out cut are the checkpoint's: record them so this run's checkpoints say so.
+        held = holdout_articles(cfg.data.meta_holdout_articles, lm_ckpt, lm_path)
+        split = meta_split(mc.split, held, resumed)
+        self.cfg = cfg = OmegaConf.merge(cfg, {"model": lm_ckpt["config"]["model"],
+                                               "data": {"meta_holdout_articles": held}, "meta": {"split": split}})
+        mc = cfg.meta
+        # train too: the gradient statistics are measured on what stage 1 trained on, whatever meta.split reads
+        self.corpus = corpus = load_corpus(cfg.data, splits=tuple(dict.fromkeys([split, "train", "valid"])))
         check_data_matches(lm_ckpt, corpus, lm_path)
+        check_heldout_matches(lm_ckpt, corpus, lm_path)
         self.on_window, self.device = on_window, device
 
         names = select_dynamic(model, mc.dynamic)
-        self.streams = MetaStreams(corpus.splits[mc.split], mc.batch_size, mc.seg_len, dist.rank(), dist.world_size())
-        stats, _ = grad_stats_for(model, names, lm_ckpt, lm_path, corpus.splits[mc.split], corpus.checksums[mc.split],
+        self.streams = MetaStreams(corpus.splits[split], mc.batch_size, mc.seg_len, dist.rank(), dist.world_size())
+        stats, _ = grad_stats_for(model, names, lm_ckpt, lm_path, corpus.splits["train"], corpus.checksums["train"],
                                   mc.gradstat_tokens, mc.gradstat_streams, mc.seg_len, cfg.data.cache_dir,
                                   progress_bar=cfg.trainer.progress_bar)
         self.ml = build_meta_learning(mc, model, names, stats)
@@ -303,5 +328,5 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
     return run(cfg, run_dir, lambda c, device, resumed, path: MetaTask(c, device, resumed, path, on_window))
 
 
-__all__ = ["MetaLearning", "MetaTask", "WindowReport", "build_meta_learning", "fresh_window_state", "meta_window",
-           "train_meta"]
+__all__ = ["MetaLearning", "MetaTask", "WindowReport", "build_meta_learning", "fresh_window_state", "meta_split",
+           "meta_window", "train_meta"]
