@@ -103,6 +103,10 @@ def test_meta_gradient_reaches_every_parameter_and_matches_finite_differences():
     meta_loss().backward()
     for name, p in cheap.named_parameters():
         assert float(p.grad.abs().sum()) > 0, name
+    per_feature = cheap.weight.grad.abs().sum(1)  # [step | decay, feature]
+    assert bool((per_feature[0] > 0).all())  # every feature moves the step size
+    # and the decay, but for the boundary flag: on a boundary θ = θ0, so there is nothing to decay
+    assert bool((per_feature[1, [0, 1, 2, 4]] > 0).all()) and float(per_feature[1, 3]) == 0.0
     for name, p in cheap.named_parameters():
         flat, grad = p.detach().view(-1), p.grad.view(-1)
         for idx in (0, flat.numel() // 2, flat.numel() - 1):
