@@ -98,9 +98,9 @@ class LoggerConfig:
 
 @dataclass
 class MetaConfig:
-    """Stage 2 (`stage=meta`) and the adaptive evaluation rules (`meta=gated` | `meta=dyneval`)."""
+    """Stage 2 (`stage=meta`) and the adaptive evaluation rules (`meta=gated` | `meta=cheap` | `meta=dyneval`)."""
 
-    name: str = "gated"  # gated (learned, φ) | dyneval (Krause's fixed-gate rule)
+    name: str = "gated"  # gated (learned per coordinate) | cheap (learned per tensor) | dyneval (Krause's fixed rule)
     lm_checkpoint: Optional[str] = None  # stage-1 checkpoint to start from (required for stage=meta)
     # Which parameters are dynamic (medium-term memory): fnmatch patterns over named_parameters().
     dynamic: List[str] = field(default_factory=lambda: ["layers.*"])

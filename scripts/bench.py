@@ -32,7 +32,9 @@ rules read are measured on it through `grad_stats_for`, the path stage 2 and eva
                   same tokens (the window's K·L tokens of the B streams as one [K·L, B] batch).
 - `adaptive_eval` time per token of `dynlm.dynamic.reading.read_stream` with the `meta` rule and the
                   `dyneval` rule (`build_rule(cfg.meta, ..., name=...)`, L = meta.seg_len, batch 1) / static
-                  `read_stream` (`data.eval_bptt` tokens per forward pass), on the synthetic valid tokens.
+                  `read_stream` (`data.eval_bptt` tokens per forward pass), on the synthetic valid tokens;
+                  `cheap_vs_dyneval`: the cheap learned rule (`name="cheap"`) per token / dyneval per token,
+                  same L and adapted set (target <= 1.3, `cheap_vs_dyneval_met`).
 - `grad_stats`    time of Krause's gradient statistics (`grad_stats_for`: every parameter, batches of
                   meta.gradstat_streams = 100 streams × L tokens) / static `read_stream` of the same tokens.
 - `dyneval`       the standard protocol (batch 1): dyneval per token / static, adapting every parameter
@@ -97,6 +99,7 @@ TARGETS = {
     "dyneval": ("<=", 4.0),
     "memory": ("<=", 1.5),
 }
+CHEAP_TARGET = 1.3  # adaptive_eval's `cheap_vs_dyneval`: meta=cheap per token / dyneval per token
 
 
 @dataclass(frozen=True)
@@ -477,21 +480,27 @@ def fig_adaptive_eval(s: Sizes, device, quick: bool) -> dict:
     data = synthetic_data(s)
     model, names, _, stats = stage2_setup(cfg, s, data, device)
     meta = build_rule(cfg.meta, names, stats, name="gated").to(device)
+    cheap = build_rule(cfg.meta, names, stats, name="cheap").to(device)
     dyneval = build_rule(cfg.meta, names, stats, name="dyneval").to(device)
     ids, eos, L = data.valid.ids[: s.eval_tokens], data.vocab.eos_id, cfg.meta.seg_len
     fns = {
         "static": lambda: read_stream(model, ids, eos, cfg.data.eval_bptt),
         "meta": lambda: read_stream(model, ids, eos, L, rule=meta, names=names),
+        "cheap": lambda: read_stream(model, ids, eos, L, rule=cheap, names=names),
         "dyneval": lambda: read_stream(model, ids, eos, L, rule=dyneval, names=names),
     }
     times = interleaved(fns, s.reps if quick else max(3, s.reps - 2), s.warmup, device)
     n = ids.numel()
     r_meta = paired_ratio(times, "meta", "static")
+    cheap_ratio = paired_ratio(times, "cheap", "dyneval")
     return emit(
         "adaptive_eval", r_meta, s, quick, device,
         ratio_dyneval=paired_ratio(times, "dyneval", "static"),
         static_ms_per_token=1e3 * med(times["static"]) / n, meta_ms_per_token=1e3 * med(times["meta"]) / n,
-        dyneval_ms_per_token=1e3 * med(times["dyneval"]) / n,
+        dyneval_ms_per_token=1e3 * med(times["dyneval"]) / n, cheap_ms_per_token=1e3 * med(times["cheap"]) / n,
+        # issue #14: the cheap learned rule costs at most 1.3× dyneval at the same L and adapted set
+        cheap_vs_dyneval=cheap_ratio, cheap_vs_dyneval_target=f"<= {CHEAP_TARGET}",
+        cheap_vs_dyneval_met=bool(cheap_ratio <= CHEAP_TARGET),
         sizes=sizes_of(cfg, data, tokens=n, L=L, B=1, static_chunk=cfg.data.eval_bptt),
     )
 

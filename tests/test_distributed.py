@@ -175,8 +175,10 @@ META_SIZES = {"meta.batch_size": 4, "meta.seg_len": 4, "meta.window": 2, "meta.g
 
 
 @pytest.mark.slow
-def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_data_dir, lm_no_dropout, tmp_path):
-    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES)
+@pytest.mark.parametrize("rule", ["gated", "cheap"])  # per-coordinate, and per-stream ([B, 2]) learner state
+def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_data_dir, lm_no_dropout, tmp_path,
+                                                                            rule):
+    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES, meta=rule)
     one, two = tmp_path / "one", tmp_path / "two"
     train(compose_config(over + ["trainer.stop_after_steps=2"]), one)
     a2 = load_checkpoint(one / "checkpoints" / "last.pt")
@@ -190,6 +192,8 @@ def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_
     for key in ("grad_stats", "meta_learner", "reading_state", "static_lm"):
         _assert_close_tree(a2[key], b2[key], key)
     assert next(iter(b2["reading_state"]["fast"].values())).shape[0] == 4  # every global stream
+    assert all(t.shape[0] == 4 for t in b2["reading_state"]["learner"].values())
+    assert ("weight" in b2["meta_learner"]) == (rule == "cheap")  # the rule asked for (cheap's φ: weight, bias)
 
     # Each rank's meta-gradient is of its own streams' loss: different before the all-reduce, identical
     # after it, and equal to their mean (= the gradient of the mean over all streams).

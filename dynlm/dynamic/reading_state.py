@@ -14,7 +14,9 @@ from .fast_weights import FastWeights, per_stream, reset_streams, zero_rows
 class ReadingState:
     lm: LMState  # per layer (h [B, H], c [B, H])
     fast: FastWeights  # name -> [B, *shape]
-    learner: Dict[str, Tensor] = field(default_factory=dict)  # per-coordinate learner state, [B, *shape]
+    # learner state, one row per stream: per coordinate [B, *shape] (gated momentum) or per stream [B, k] (cheap);
+    # [1, ...] while still at its initial value shared by every stream
+    learner: Dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

@@ -19,7 +19,7 @@ from .. import dist
 from ..cache import sha256_file
 from ..data import HELDOUT, Split
 from ..dynamic.grad_stats import GradStats, measure_grad_stats
-from ..dynamic.rules import build_rule
+from ..dynamic.rules import LEARNED_RULES, build_rule
 from ..model import AWDLSTM, build_model
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
 from .grad_stats_cache import cache_path, load_cached, save_cached
@@ -105,7 +105,8 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
 def load_learner(ckpt: Dict[str, Any], meta_cfg: DictConfig, names: Sequence[str], stats: GradStats,
                  path: str | Path, device: torch.device) -> nn.Module:
     """The learned meta-learner of a stage-2 checkpoint, as its config describes it, with its trained φ."""
-    learner = build_rule(meta_cfg, names, stats, name="gated")
+    # the rule it trained (checkpoints written before meta=cheap existed, or naming no learned rule, are gated)
+    learner = build_rule(meta_cfg, names, stats, name=meta_cfg.name if meta_cfg.name in LEARNED_RULES else "gated")
     try:
         learner.load_state_dict(ckpt["meta_learner"])
     except RuntimeError as e:

@@ -23,7 +23,7 @@ from ..data import HELDOUT, MetaStreams, load_corpus
 from ..dynamic.fast_weights import finite_streams, select_dynamic, zero_rows
 from ..dynamic.grad_stats import GradStats
 from ..dynamic.reading_state import ReadingState, fresh_state
-from ..dynamic.rules import build_rule
+from ..dynamic.rules import LEARNED_RULES, build_rule
 from ..dynamic.segment import adapt_segment
 from ..model import LMState, detach_state, static_weights, token_nll
 from ..run.checkpoint import load_checkpoint, load_weights
@@ -194,8 +194,9 @@ class MetaTask:
     def __init__(self, cfg: DictConfig, device: torch.device, resumed: Optional[Dict[str, Any]],
                  path: Optional[Path], on_window: Optional[WindowHook] = None):
         mc = cfg.meta
-        if mc.name != "gated":
-            raise ConfigValueError(f"stage=meta trains a learned rule: use meta=gated (meta={mc.name} has nothing to train)")
+        if mc.name not in LEARNED_RULES:
+            raise ConfigValueError(f"stage=meta trains a learned rule: use meta=gated or meta=cheap (meta={mc.name} has "
+                                   "nothing to train)")
         lm_path = path if resumed is not None else mc.lm_checkpoint
         if lm_path is None:
             raise ConfigValueError("stage=meta needs meta.lm_checkpoint=<path to a stage-1 checkpoint (best.pt)>")
@@ -308,9 +309,10 @@ def _state_dict(state: ReadingState) -> dict:
     return {
         "lm": [(h.detach(), c.detach()) for h, c in state.lm],
         "fast": {n: t.detach().contiguous() for n, t in state.fast.items()},
-        # a learner state still at its shared initial value `[1, *shape]` is expanded to one row per stream
-        "learner": {n: (t if n not in state.fast or t.shape == state.fast[n].shape else
-                        t.expand_as(state.fast[n])).detach().contiguous() for n, t in state.learner.items()},
+        # a learner state still at its shared initial value `[1, ...]` (per coordinate or per stream) is expanded
+        # to one row per stream: the checkpoint gathers and shards every tensor by its rows
+        "learner": {n: t.expand(state.batch_size, *t.shape[1:]).detach().contiguous()
+                    for n, t in state.learner.items()},
     }
 
 
