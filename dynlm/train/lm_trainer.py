@@ -45,8 +45,7 @@ def evaluate_loss(model: AWDLSTM, corpus: Corpus, split: str, chunk: int, weight
                   max_tokens: Optional[int] = None, on_segment=None) -> float:
     """Mean NLL per token of a split read as one stream from its start (batch 1), or of its first `max_tokens`
     tokens: with the whole split, the number evaluate.py reports as static."""
-    ids = corpus.splits[split].ids
-    nll = read_stream(model, ids if max_tokens is None else ids[: max_tokens], corpus.tokenizer.eos_id, chunk,
+    nll = read_stream(model, corpus.splits[split].ids[:max_tokens], corpus.tokenizer.eos_id, chunk,
                       weights=weights, on_segment=on_segment)
     return float(nll.double().sum() / nll.numel())
 
@@ -168,8 +167,7 @@ class LMTask:
         # Every rank reads the whole valid stream (one stream: its loss does not depend on the number of
         # ranks); rank 0's number is broadcast so that every rank takes the same decisions below.
         max_tokens = self.cfg.trainer.valid_max_tokens
-        tokens = self.corpus.splits["valid"].ids.numel()
-        tokens = tokens if max_tokens is None else min(tokens, max_tokens)
+        tokens = self.corpus.splits["valid"].ids[:max_tokens].numel()  # what evaluate_loss reads (None: all)
         with token_bar(tokens, "valid", self.cfg.trainer.progress_bar) as bar:
             loss = dist.broadcast_float(evaluate_loss(self.model, self.corpus, "valid", self.cfg.data.eval_bptt,
                                                       self.eval_weights(), max_tokens, bar.update))
