@@ -57,6 +57,10 @@ class OptimConfig:
     # more than `nonmono` evaluations ago.
     nonmono: int = 5
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam only
+    # multiply the learning rate by `decay` after `decay_patience` validations in a row without a new best
+    # valid loss (1.0: a constant learning rate)
+    decay: float = 1.0
+    decay_patience: int = 2  # consecutive validations without a new best before the learning rate decays
 
 
 @dataclass
@@ -160,6 +164,7 @@ class ConfigValueError(DynlmError, ValueError):
 # key -> (lowest, highest, whether the lowest itself is allowed); checked before any work starts
 RANGES = {
     "optim.lr": (0.0, None, False), "optim.weight_decay": (0.0, None, True), "trainer.clip": (0.0, None, True),
+    "optim.decay_patience": (1, None, True),
     "meta.lr": (0.0, None, False), "meta.lam": (0.0, None, True), "meta.eps": (0.0, None, False),
     "meta.update_gate_init": (0.0, 1.0, False), "meta.momentum_init": (0.0, 1.0, False),
     "meta.meta_lr": (0.0, None, False), "meta.meta_clip": (0.0, None, False), "meta.static_lr": (0.0, None, False),
@@ -182,6 +187,10 @@ def check_ranges(cfg) -> None:
         if bad:
             span = f"{'>=' if low_ok else '>'} {low}" + (f" and < {high}" if high is not None else "")
             raise ConfigValueError(f"{key}={value} is out of range: it must be finite and {span}")
+    decay = cfg.optim.decay
+    if not (math.isfinite(float(decay)) and 0.0 < decay <= 1.0):  # 1.0 itself means "no decay"
+        raise ConfigValueError(f"optim.decay={decay} is out of range: it must be > 0 and <= 1 (1: a constant "
+                               "learning rate)")
 
 
 def register_configs() -> None:

@@ -119,3 +119,32 @@ def test_non_monotone_trigger_and_running_average():
             model.weight.fill_(v)
         avg.update(model)
     torch.testing.assert_close(avg.average["weight"], torch.full((1, 2), 2.0))
+
+
+def test_plateau_decay_waits_for_patience_then_decays_and_round_trips():
+    from dynlm.train.plateau import PlateauDecay
+    s = PlateauDecay(decay=0.5, patience=2)
+    assert [s.update(v) for v in [3.0, 2.0, 2.5, 2.1]] == [False, False, False, True]  # 2 in a row without a best
+    assert s.scale == 0.5 and s.evals_without_best == 0
+    assert [s.update(v) for v in [2.2, 1.9, 2.0]] == [False, False, False]  # a new best resets the count
+    restored = PlateauDecay(decay=0.5, patience=2)
+    restored.load_state_dict(s.state_dict())
+    assert restored.update(2.0) and restored.scale == 0.25
+    constant = PlateauDecay(decay=1.0, patience=1)
+    assert not any(constant.update(v) for v in [1.0, 2.0, 3.0]) and constant.scale == 1.0
+
+
+def test_plateau_decay_lowers_the_logged_and_used_learning_rate(wikitext2_slice_dir, tmp_path):
+    # patience 1 with a loss that cannot improve twice in a row at lr 10: the rate halves at least once
+    over = tiny_lm_overrides(wikitext2_slice_dir, **{"optim.decay": 0.5, "optim.decay_patience": 1,
+                                                     "trainer.eval_interval": 2, "trainer.log_interval": 2})
+    train(compose_config(over), tmp_path / "run")
+    lrs = [r["train/lr"] for r in records(tmp_path / "run") if "train/lr" in r]
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    scale = ckpt["lr_schedule"][0]
+    assert lrs[0] == 20 and lrs[-1] < 20 and scale <= lrs[-1] / 20  # the final validation may decay once more
+    # the optimiser used the decayed rate (scaled by the last sequence's length / bptt, at most 2x)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] <= 2 * lrs[-1]
+    assert "learning rate x0.5" in (tmp_path / "run" / "train.log").read_text()
+    with pytest.raises(ValueError, match="optim.decay=1.5"):
+        train(compose_config(over + ["optim.decay=1.5"]), tmp_path / "bad")

@@ -26,6 +26,7 @@ from ..run.logger import RunLogger
 from ..run.progress import Progress, token_bar
 from ..run.scaffold import run
 from .ntasgd import WeightAverager
+from .plateau import PlateauDecay
 
 
 class NonFiniteLossError(DynlmError, FloatingPointError):
@@ -51,14 +52,16 @@ def evaluate_loss(model: AWDLSTM, corpus: Corpus, split: str, chunk: int, weight
 
 
 def lm_step(cfg: DictConfig, model: AWDLSTM, train_model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            x: torch.Tensor, y: torch.Tensor, hidden: LMState, averager: Optional[WeightAverager] = None):
+            x: torch.Tensor, y: torch.Tensor, hidden: LMState, averager: Optional[WeightAverager] = None,
+            lr_scale: float = 1.0):
     """One stage-1 step on `x, y [T, b]`: forward from `hidden`, NLL + AR/TAR, backward, clip, optimiser step,
-    weight averaging. The learning rate is scaled by T / bptt. Returns (mean NLL over all ranks, new hidden).
+    weight averaging. The learning rate is `optim.lr * lr_scale` scaled by T / bptt. Returns (mean NLL over all
+    ranks, new hidden).
 
     `train_model` is `model` or its DDP wrapper. A non-finite loss raises before any weight changes.
     """
     for group in optimizer.param_groups:  # shorter sequences take proportionally smaller steps
-        group["lr"] = cfg.optim.lr * x.shape[0] / cfg.data.bptt
+        group["lr"] = cfg.optim.lr * lr_scale * x.shape[0] / cfg.data.bptt
     out = train_model(x, detach_state(hidden))
     nll = token_nll(out.logits, y).mean()
     # The mean over ranks (equal shards): the logged loss, and every rank stops together on a NaN.
@@ -102,6 +105,7 @@ class LMTask:
         self.streams = streams[:, dist.rank() :: dist.world_size()].contiguous().to(device)
         self.bptt_gen = torch.Generator().manual_seed(cfg.trainer.seed)
         self.hidden = self.model.init_state(self.streams.shape[1])
+        self.plateau = PlateauDecay(cfg.optim.decay, cfg.optim.decay_patience)
         if resumed is not None:
             self._restore(resumed, path)
         self.train_model = self.model
@@ -117,6 +121,8 @@ class LMTask:
         if self.averager is not None and ckpt.get("averager") is not None:
             self.averager.load_state_dict(ckpt["averager"], self.device)
         self.bptt_gen.set_state(ckpt["bptt_rng"])
+        if ckpt.get("lr_schedule") is not None:  # checkpoints before optim.decay have none: a constant rate
+            self.plateau.load_state_dict(ckpt["lr_schedule"])
         # Saved in global stream order (gathered from every rank), so any number of ranks picks up its rows.
         b = self.cfg.data.batch_size
         if ckpt["hidden"][0][0].shape[0] == b:
@@ -135,7 +141,7 @@ class LMTask:
         self.model.train()
         try:
             nll, self.hidden = lm_step(self.cfg, self.model, self.train_model, self.optimizer, x, y, self.hidden,
-                                       self.averager)
+                                       self.averager, self.plateau.scale)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(
                 f"{e} at step {progress.step}. The last good checkpoint is in the run folder's checkpoints/last.pt; "
@@ -155,7 +161,7 @@ class LMTask:
 
     def metrics(self, p: Progress, seconds: float) -> Dict[str, float]:
         mean = self._loss_sum / self._tokens
-        out = {"train/loss": mean, "train/ppl": math.exp(mean), "train/lr": self.cfg.optim.lr,
+        out = {"train/loss": mean, "train/ppl": math.exp(mean), "train/lr": self.cfg.optim.lr * self.plateau.scale,
                "train/tokens_per_s": self._timed_tokens / seconds, "train/epoch": p.epoch, "train/tokens": p.tokens}
         self._loss_sum, self._tokens, self._timed_tokens = 0.0, 0, 0
         return out
@@ -174,6 +180,9 @@ class LMTask:
         if self.averager is not None and self.averager.should_trigger(loss):
             self.averager.start(self.model)
             dist.print0(f"NT-ASGD: averaging from step {step}")
+        if self.plateau.update(loss):
+            dist.print0(f"step {step}: no new best valid loss in {self.plateau.patience} validations: learning "
+                        f"rate x{self.plateau.decay} -> {self.cfg.optim.lr * self.plateau.scale:.3g}")
         averaging = float(self.eval_weights() is not None)
         return loss, {"valid/loss": loss, "valid/ppl": math.exp(loss), "valid/averaging": averaging,
                       "valid/tokens": float(tokens)}
@@ -189,6 +198,7 @@ class LMTask:
             "bptt_rng": self.bptt_gen.get_state(),
             "hidden": hidden_all,
             "log_window": [self._loss_sum, self._tokens],
+            "lr_schedule": self.plateau.state_dict(),
         }
 
     def result(self, progress: Progress, valid_loss: float) -> Dict[str, float]:
