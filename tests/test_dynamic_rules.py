@@ -134,3 +134,37 @@ def test_static_weights_bit_identical_after_adaptive_pass():
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
         assert p.grad is None
+
+
+def test_dyneval_recomputes_its_anchor_when_theta0_changes():
+    # flush·θ0 is computed once while θ0 is the same, unchanged tensor; a θ0 written in place, another θ0, or
+    # one that is trained (requires grad) must each give the rule's exact step
+    torch.manual_seed(0)
+    model = tiny_model(torch.float64).eval()
+    names = select_dynamic(model, ["layers.*"])
+    rule = DynEvalRule(names, random_stats(model, names), lr=0.01, lam=0.05, eps=1e-4, update=0.5)
+    theta0 = {n: t.detach().clone() for n, t in static_weights(model, names).items()}
+    fast = {n: t.unsqueeze(0) + 0.1 for n, t in theta0.items()}
+    grads = {n: torch.randn_like(t) for n, t in fast.items()}
+
+    def expected(th0):
+        return {n: rule.get_buffer("keep__" + n.replace(".", "__")) * fast[n]
+                + rule.get_buffer("flush__" + n.replace(".", "__")) * th0[n] - rule.get_buffer(
+                    "gain__" + n.replace(".", "__")) * grads[n] for n in names}
+
+    def step(th0):
+        return rule(fast, grads, th0, torch.zeros(1), {})[0]
+
+    for _ in range(2):  # the second call reads the cached anchor
+        for n, t in step(theta0).items():
+            torch.testing.assert_close(t, expected(theta0)[n], rtol=1e-12, atol=1e-14)
+    for t in theta0.values():
+        t.mul_(1.5)  # in place: a new version
+    for n, t in step(theta0).items():
+        torch.testing.assert_close(t, expected(theta0)[n], rtol=1e-12, atol=1e-14)
+    other = {n: t * -2.0 for n, t in theta0.items()}
+    for n, t in step(other).items():
+        torch.testing.assert_close(t, expected(other)[n], rtol=1e-12, atol=1e-14)
+    trained = {n: t.clone().requires_grad_() for n, t in theta0.items()}
+    out = step(trained)
+    assert all(t.requires_grad for t in out.values())  # the gradient reaches a trained θ0

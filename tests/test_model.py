@@ -98,3 +98,32 @@ def test_static_weights_untouched_by_forward_and_no_data_writes():
     for n, p in m.named_parameters():
         assert torch.equal(p, before[n][0]) and p._version == before[n][1], n
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), n  # the backward reached every weight
+
+
+def test_per_stream_lookup_gradient_equals_plain_indexing_first_and_second_order():
+    # embed() gives a per-stream table a sparse gradient (added in place to the tied decoder's dense one);
+    # it must be the gradient of plain indexing, and stay differentiable under double backward
+    from dynlm.model.awd_lstm import decode, embed
+
+    torch.manual_seed(0)
+    B, V, E, T = 3, 40, 6, 7
+    table = torch.randn(B, V, E, requires_grad=True)
+    bias = torch.randn(V)
+    tokens = torch.randint(0, V, (T, B))
+    tokens[3, 1] = tokens[0, 1]  # a repeated token: its rows accumulate
+
+    def loss(lookup):
+        x = lookup(tokens, table)
+        return decode(torch.tanh(x), table, bias).logsumexp(-1).pow(2).sum()
+
+    plain = lambda tok, w: w[torch.arange(B).unsqueeze(0), tok]  # noqa: E731
+    g_plain, = torch.autograd.grad(loss(plain), table, create_graph=True)
+    g_fast, = torch.autograd.grad(loss(embed), table, create_graph=True)
+    assert g_fast.layout == torch.strided
+    torch.testing.assert_close(g_fast, g_plain, rtol=1e-5, atol=1e-6)
+    probe = torch.randn(B, V, E)
+    hv_plain, = torch.autograd.grad((g_plain * probe).sum(), table)
+    hv_fast, = torch.autograd.grad((g_fast * probe).sum(), table)
+    torch.testing.assert_close(hv_fast, hv_plain, rtol=1e-4, atol=1e-5)
+    g_first, = torch.autograd.grad(loss(embed), table)  # first order: the sparse path
+    torch.testing.assert_close(g_first, g_plain.detach(), rtol=1e-5, atol=1e-6)

@@ -14,8 +14,24 @@ class DynEvalRule(StatsRule):
         θ' = θ − η g / (rms + ε) + λ · decrate · (θ0 − θ),   decrate = rms / decay_norm, capped at 1/λ
 
     folded into θ' = keep·θ + flush·θ0 − gain·g with flush = min(λ·decrate, 1), keep = 1 − flush and
-    gain = η / (rms + ε) computed once: three passes over the weights per segment.
+    gain = η / (rms + ε) computed once: two passes over the weights per segment. flush·θ0 is computed once too
+    while θ0 is constant (evaluation); when θ0 is trained (meta.train_static) it is recomputed every segment.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._anchored = {}  # name -> (θ0 tensor, its version, flush·θ0)
+
+    def anchored(self, n: str, theta0: Tensor) -> Tensor:
+        flush = getattr(self, "flush__" + buffer_name(n))
+        if theta0.requires_grad:
+            return flush * theta0
+        cached = self._anchored.get(n)
+        fresh = cached is not None and cached[0] is theta0 and cached[1] == theta0._version
+        if not fresh or cached[2].device != flush.device:
+            cached = (theta0, theta0._version, flush * theta0)
+            self._anchored[n] = cached
+        return cached[2]
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
         flush = krause_flush(rms, self.decay_norm, self.lam)
@@ -27,8 +43,7 @@ class DynEvalRule(StatsRule):
         new = {}
         for n in self.names:
             b = buffer_name(n)
-            anchored = getattr(self, "flush__" + b) * theta0[n]
-            new[n] = torch.addcmul(anchored, getattr(self, "keep__" + b), fast[n]).addcmul_(
+            new[n] = torch.addcmul(self.anchored(n, theta0[n]), getattr(self, "keep__" + b), fast[n]).addcmul_(
                 getattr(self, "gain__" + b), grads[n], value=-1.0)
         return new, learner_state, {}
 
