@@ -48,3 +48,14 @@ def test_a_token_budget_stops_after_the_batch_that_reaches_it():
     with pytest.raises(ValueError, match="too few"):
         measure_grad_stats(model, ["layers.0.weight_hh"], ids[:9], streams=5, seg_len=4)
     assert isinstance(stats, GradStats)
+
+
+def test_restricted_statistics_normalise_over_their_own_tensors():
+    v = {"a": torch.full((4,), 4.0), "b": torch.full((2, 2), 16.0), "c": torch.full((3,), 1.0)}
+    stats = GradStats(v, tokens=10)
+    assert stats.decay_norm == pytest.approx((2.0 + 4.0 + 1.0) / 3)
+    sub = stats.restricted(["a", "c"])
+    assert list(sub.v) == ["a", "c"] and sub.tokens == 10
+    assert sub.decay_norm == pytest.approx((2.0 + 1.0) / 2)
+    with pytest.raises(ValueError, match="do not cover"):
+        stats.restricted(["a", "d"])

@@ -33,3 +33,11 @@ def test_stage2_measures_once_and_evaluation_reuses_its_statistics(toy_data_dir,
     results = evaluate(cfg, tmp_path / "eval")
     assert results["grad_stats"] == {"source": "cached", "tokens": a["tokens"]}
     assert "measuring" not in capsys.readouterr().out
+    # the measurement covered every parameter: evaluating all of them (Krause's default) measures nothing either,
+    # and the LSTM-only statistics are those of every parameter, restricted (decay_norm over the LSTM tensors)
+    every = evaluate(compose_eval([f"checkpoint={lm}", "split=valid", "methods=[static,dyneval]",
+                                   "eval.max_articles=1", "eval.gradstat_tokens=604", "eval.gradstat_streams=7",
+                                   "eval.seg_len=4", "eval.progress_bar=false"]), tmp_path / "eval-all")
+    assert every["grad_stats"] == {"source": "cached", "tokens": a["tokens"]}
+    assert "measuring" not in capsys.readouterr().out
+    assert set(a["v"]) == {n for n in a["v"] if n.startswith("layers.")}  # stage 2 stored its own set

@@ -46,6 +46,12 @@ class GradStats:
     def from_state_dict(d: Mapping, device=None) -> "GradStats":
         return GradStats({n: t.to(device) for n, t in d["v"].items()}, int(d["tokens"]))
 
+    def restricted(self, names: Sequence[str]) -> "GradStats":
+        """The statistics of `names` only: decay_norm and the means are then over those tensors alone. v of a
+        coordinate does not depend on which others are measured (the same batches, the same loss)."""
+        self.check_covers(names)
+        return GradStats({n: self.v[n] for n in names}, self.tokens)
+
     def check_covers(self, names: Sequence[str]) -> None:
         missing = [n for n in names if n not in self.v]
         if missing:

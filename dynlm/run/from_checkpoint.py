@@ -121,9 +121,7 @@ def stored_grad_stats(ckpt: Dict[str, Any], names: Sequence[str], device) -> Opt
     """The statistics the checkpoint carries (stage 2 stores them), or None (a stage-1 checkpoint)."""
     if ckpt.get("grad_stats") is None:
         return None
-    stats = GradStats.from_state_dict(ckpt["grad_stats"], device)
-    stats.check_covers(names)
-    return stats
+    return GradStats.from_state_dict(ckpt["grad_stats"], device).restricted(names)
 
 
 def grad_stats_for(
@@ -150,25 +148,27 @@ def grad_stats_for(
         return stats, "checkpoint"
     path = Path(ckpt_path)
     cached = None
-    if use_cache:
-        cached = cache_path(cache_dir, ckpt_sha256 or sha256_file(path), split_sha256, names, tokens, streams, seg_len)
-        stats = load_cached(cached, names, device)
+    if use_cache:  # measured and cached for every parameter: one measurement serves every adapted set
+        every = [n for n, _ in model.named_parameters()]
+        cached = cache_path(cache_dir, ckpt_sha256 or sha256_file(path), split_sha256, every, tokens, streams, seg_len)
+        stats = load_cached(cached, every, device)
         if dist.sum_floats(float(stats is None))[0] > 0:  # every rank measures, or none does
             stats = None
     if stats is not None:
         dist.print0(f"gradient statistics of {path.name} on {stats.tokens} {split.name} tokens, from the cache "
                     f"{cached}")
-        return stats, "cached"
+        return stats.restricted(names), "cached"
     amount = f"{tokens}" if tokens is not None else f"all {split.num_tokens}"
     dist.print0(f"{path.name} has no gradient statistics (a stage-1 checkpoint); measuring them on {amount} "
                 f"{split.name} tokens (batches of {streams} streams × {seg_len} tokens) ...")
     started = time.time()
     with token_bar(min(tokens or split.num_tokens, split.num_tokens), "gradient statistics", progress_bar) as bar:
-        stats = measure_grad_stats(model, names, split.ids, streams, seg_len, tokens, on_batch=bar.update)
+        stats = measure_grad_stats(model, every if cached is not None else names, split.ids, streams, seg_len, tokens,
+                                   on_batch=bar.update)
     dist.print0(f"measured on {stats.tokens} {split.name} tokens in {time.time() - started:.0f}s")
     if cached is not None and dist.is_main() and save_cached(cached, stats):
-        dist.print0(f"cached in {cached}")
-    return stats, "measured"
+        dist.print0(f"cached in {cached} (every parameter)")
+    return stats.restricted(names), "measured"
 
 
 __all__ = ["check_data_matches", "check_heldout_matches", "grad_stats_for", "holdout_articles", "lm_from_checkpoint",
