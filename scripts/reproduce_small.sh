@@ -1,73 +1,117 @@
 #!/usr/bin/env bash
-# Reproduce the README's "Results": stage 1 (model=small), stage 2 (meta=gated), then evaluation of the
-# stage-2 checkpoint with static, dyneval and meta on the full valid and test splits, and of dyneval with the
-# settings tuned on valid (TUNED_LR, TUNED_LAM).
+# Reproduce the README's "Results": the model=small base model (stage 1, Adam recipe, 60 training articles held out
+# for stage 2), its static perplexity on the full valid and test splits, Krause's dyneval grid tuned on the first
+# valid articles for both adapted sets (every parameter, and the LSTM weights only), then tuned dyneval on the
+# first articles of valid and test.
 #
-# The README's numbers were made at commit 2edb4ab, before dyneval followed Krause's statistics and scale: run
-# this script at that commit (with TUNED_LR=0.002 TUNED_LAM=0.001) to reproduce them. On later commits the
-# hyperparameters are on Krause's scale; the defaults below are his, and TUNED_* should come from a valid sweep.
-#
-# The runs behind the README stopped on a time budget; this script replays them by their step counts
-# (stage 1: 3601 steps, stage 2: 663), so the result does not depend on the machine's speed.
-# About 2.7 hours on 2 quiet CPU cores. Every setting can be changed through the environment:
-#   DATA=../shared/data/wikitext-2  OUT=runs/reproduce-small  MODEL=small  LM_STEPS=3601  META_STEPS=663
-#   TUNED_LR=0.00005  TUNED_LAM=0.002
-#   LM_ARGS / META_ARGS / EVAL_ARGS: extra Hydra overrides for each step (word-split).
+# The run behind the README stopped on a time budget; this script replays it by its step count (LM_STEPS), so the
+# result does not depend on the machine's speed (up to float rounding, which differs between CPUs and threads).
+# The results of commit 2edb4ab (NT-ASGD base model, stage 2) come from that commit's version of this script.
+# Every setting can be changed through the environment:
+#   DATA=../shared/data/wikitext-2  OUT=runs/reproduce-small  MODEL=small  LM_STEPS=4425  HOLDOUT=60
+#   GRID_LR=3e-5,4e-5,5e-5,6e-5,7e-5,1e-4  GRID_LAM=0.001,0.002,0.003,0.005  (Krause's grid at L=5)
+#   GRID_ARTICLES=4  (tuning: the first 4 valid articles)  FINAL_ARTICLES=10  (null: the whole split)
+#   LM_ARGS / EVAL_ARGS: extra Hydra overrides for stage 1 / every evaluation (word-split).
 set -euo pipefail
 
 DATA=${DATA:-../shared/data/wikitext-2}
 OUT=${OUT:-runs/reproduce-small}
 MODEL=${MODEL:-small}
-LM_STEPS=${LM_STEPS:-3601}
-META_STEPS=${META_STEPS:-663}
-TUNED_LR=${TUNED_LR:-0.00005}
-TUNED_LAM=${TUNED_LAM:-0.002}
+LM_STEPS=${LM_STEPS:-4425}
+HOLDOUT=${HOLDOUT:-60}
+GRID_LR=${GRID_LR:-3e-5,4e-5,5e-5,6e-5,7e-5,1e-4}
+GRID_LAM=${GRID_LAM:-0.001,0.002,0.003,0.005}
+GRID_ARTICLES=${GRID_ARTICLES:-4}
+FINAL_ARTICLES=${FINAL_ARTICLES:-10}
 PYTHON=${PYTHON:-python}
 read -r -a LM_EXTRA <<<"${LM_ARGS:-}"
-read -r -a META_EXTRA <<<"${META_ARGS:-}"
 read -r -a EVAL_EXTRA <<<"${EVAL_ARGS:-}"
+CKPT="$OUT/lm/checkpoints/best.pt"
 
-echo "== stage 1: model=$MODEL, $LM_STEPS steps -> $OUT/lm"
-"$PYTHON" scripts/train.py model="$MODEL" data.dir="$DATA" trainer.max_steps="$LM_STEPS" \
-    trainer.max_epochs=null trainer.max_time=null trainer.eval_interval=600 trainer.log_interval=100 \
+echo "== stage 1: model=$MODEL, Adam 3e-3 halved on plateaus, 10 streams, $LM_STEPS steps -> $OUT/lm"
+"$PYTHON" scripts/train.py model="$MODEL" data.dir="$DATA" optim=adam optim.lr=0.003 optim.decay=0.5 \
+    optim.decay_patience=2 data.batch_size=10 \
+    data.meta_holdout_articles="$HOLDOUT" trainer.max_steps="$LM_STEPS" trainer.max_epochs=null trainer.max_time=null \
+    trainer.eval_interval=250 trainer.valid_max_tokens=40000 trainer.log_interval=50 trainer.progress_bar=false \
     hydra.run.dir="$OUT/lm" "${LM_EXTRA[@]}"
 
-echo "== stage 2: meta=gated, $META_STEPS steps -> $OUT/meta"
-"$PYTHON" scripts/train.py stage=meta meta.lm_checkpoint="$OUT/lm/checkpoints/best.pt" data.dir="$DATA" \
-    trainer.max_steps="$META_STEPS" trainer.max_epochs=null trainer.max_time=null trainer.eval_interval=200 \
-    trainer.log_interval=20 hydra.run.dir="$OUT/meta" "${META_EXTRA[@]}"
-
-# valid and test side by side, one thread each: the per-stream paths are memory-bound, so two single-threaded
-# processes finish sooner than two two-threaded ones in turn. eval_both NAME OVERRIDES... -> $OUT/NAME-<split>
-eval_both() {
+# side_by_side NAME OVERRIDES...: valid and test at once, one thread each -> $OUT/NAME-<split>
+side_by_side() {
     local name=$1 pids=() status=0 i split
     shift
-    echo "== evaluation ($name): valid and test -> $OUT/$name-valid, $OUT/$name-test"
     for split in valid test; do
-        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PYTHON" scripts/evaluate.py \
-            checkpoint="$OUT/meta/checkpoints/best.pt" split="$split" eval.progress_bar=false \
-            hydra.run.dir="$OUT/$name-$split" "$@" "${EVAL_EXTRA[@]}" >"$OUT/$name-$split.log" 2>&1 &
+        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PYTHON" scripts/evaluate.py checkpoint="$CKPT" split="$split" \
+            eval.progress_bar=false hydra.run.dir="$OUT/$name-$split" "$@" "${EVAL_EXTRA[@]}" \
+            >"$OUT/$name-$split.log" 2>&1 &
         pids+=($!)
     done
     for i in "${!pids[@]}"; do
         split=$([ "$i" = 0 ] && echo valid || echo test)
         if ! wait "${pids[$i]}"; then
-            echo "evaluation of $split failed; see $OUT/$name-$split.log" >&2
+            echo "evaluation $name of $split failed; see $OUT/$name-$split.log" >&2
             status=1
         fi
     done
     return "$status"
 }
 
-eval_both eval
-# dyneval with the settings tuned on the first 10 valid articles (README, "Tuned dynamic evaluation")
-eval_both eval-dyneval-tuned methods=[static,dyneval] eval.dyneval_lr="$TUNED_LR" eval.dyneval_lam="$TUNED_LAM"
+echo "== static perplexity, whole valid and test splits -> $OUT/static-{valid,test}"
+side_by_side static methods=[static]
+
+# The statistics are measured once, for every parameter, and cached: the grid's jobs read them.
+echo "== gradient statistics (Krause's: 100 streams x 5 tokens, 200,000 train tokens)"
+"$PYTHON" scripts/evaluate.py checkpoint="$CKPT" split=valid methods=[dyneval] eval.max_articles=1 \
+    eval.progress_bar=false hydra.run.dir="$OUT/stats" "${EVAL_EXTRA[@]}" >"$OUT/stats.log" 2>&1
+
+# best_setting DIR -> "lr lam" of the lowest dyneval perplexity among the sweep's jobs
+best_setting() {
+    "$PYTHON" - "$1" <<'BEST'
+import json, pathlib, sys
+runs = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).rglob("results.json")]
+best = min(runs, key=lambda r: r["methods"]["dyneval"]["ppl"])
+print(best["dyneval"]["lr"], best["dyneval"]["lam"])
+BEST
+}
+
+for set in all lstm; do
+    dynamic=()
+    [ "$set" = lstm ] && dynamic=("eval.dynamic=[layers.*]")
+    echo "== Krause's grid ($set), first $GRID_ARTICLES valid articles -> $OUT/grid-$set"
+    # two halves of the learning rates side by side, one thread each
+    IFS=, read -r -a rates <<<"$GRID_LR"
+    half=$(( (${#rates[@]} + 1) / 2 ))
+    first=$(IFS=,; echo "${rates[*]:0:$half}")
+    second=$(IFS=,; echo "${rates[*]:$half}")
+    pids=()
+    half_no=0
+    for part in "$first" "$second"; do
+        half_no=$((half_no + 1))
+        [ -n "$part" ] || continue
+        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PYTHON" scripts/evaluate.py -m checkpoint="$CKPT" split=valid \
+            methods=[dyneval] eval.max_articles="$GRID_ARTICLES" eval.progress_bar=false "${dynamic[@]}" \
+            eval.dyneval_lr="$part" eval.dyneval_lam="$GRID_LAM" hydra.sweep.dir="$OUT/grid-$set/part$half_no" \
+            "${EVAL_EXTRA[@]}" >"$OUT/grid-$set-part$half_no.log" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || { echo "a grid job of $set failed; see $OUT/grid-$set-part*.log" >&2; exit 1; }
+    done
+    "$PYTHON" scripts/sweep_table.py "$OUT/grid-$set" --sort-by dyneval | tee "$OUT/grid-$set.txt"
+    read -r lr lam <<<"$(best_setting "$OUT/grid-$set")"
+    echo "== tuned dyneval ($set: lr $lr, lam $lam), first $FINAL_ARTICLES articles of valid and test"
+    side_by_side "tuned-$set" methods=[static,dyneval] eval.max_articles="$FINAL_ARTICLES" "${dynamic[@]}" \
+        eval.dyneval_lr="$lr" eval.dyneval_lam="$lam"
+done
 
 "$PYTHON" - "$OUT" <<'SUMMARY'
 import json, sys
-for name, label in (("eval", ""), ("eval-dyneval-tuned", " (dyneval tuned)")):
-    for split in ("valid", "test"):
-        r = json.load(open(f"{sys.argv[1]}/{name}-{split}/results.json"))
-        ppl = "  ".join(f"{m} {v['ppl']:.2f}" for m, v in r["methods"].items())
-        print(f"{split}{label}: {r['num_tokens']} tokens, {r['num_articles']} articles, perplexity  {ppl}")
+out = sys.argv[1]
+for split in ("valid", "test"):
+    r = json.load(open(f"{out}/static-{split}/results.json"))
+    print(f"{split}: static {r['methods']['static']['ppl']:.2f} ({r['num_tokens']} tokens, {r['num_articles']} articles)")
+    for s, label in (("all", "every parameter"), ("lstm", "LSTM weights only")):
+        t = json.load(open(f"{out}/tuned-{s}-{split}/results.json"))
+        st, dy = t["methods"]["static"]["ppl"], t["methods"]["dyneval"]["ppl"]
+        print(f"  first {t['num_articles']} articles ({t['num_tokens']} tokens): static {st:.2f} -> dyneval "
+              f"({label}, lr {t['dyneval']['lr']}, lam {t['dyneval']['lam']}) {dy:.2f} ({100 * (dy / st - 1):+.1f}%)")
 SUMMARY

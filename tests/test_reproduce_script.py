@@ -19,29 +19,36 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
     out = tmp_path / "out"
     env = {
         **os.environ, "WANDB_MODE": "disabled", "DATA": str(data), "OUT": str(out), "MODEL": "tiny",
-        "LM_STEPS": "4", "META_STEPS": "2", "TUNED_LR": "0.0001", "TUNED_LAM": "0.003",
-        "LM_ARGS": "data.batch_size=4 data.bptt=20 trainer.progress_bar=false trainer.device=cpu",
-        "META_ARGS": "meta.batch_size=2 meta.window=2 meta.gradstat_tokens=400 meta.valid_articles=1 "
-                     "trainer.progress_bar=false trainer.device=cpu",
-        "EVAL_ARGS": "eval.max_articles=2",
+        "LM_STEPS": "4", "HOLDOUT": "1", "GRID_LR": "1e-4,3e-4,1e-3", "GRID_LAM": "0.003,0.01",
+        "GRID_ARTICLES": "1", "FINAL_ARTICLES": "2",
+        "LM_ARGS": "data.bptt=20 trainer.device=cpu trainer.eval_interval=2",
+        "EVAL_ARGS": "eval.gradstat_tokens=500",
     }
     proc = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     lm_steps = [json.loads(x)["step"] for x in (out / "lm" / "metrics.jsonl").read_text().splitlines()]
-    meta_steps = [json.loads(x)["step"] for x in (out / "meta" / "metrics.jsonl").read_text().splitlines()]
-    assert max(lm_steps) == 4 and max(meta_steps) == 2  # replayed by step counts, not by time
+    assert max(lm_steps) == 4  # replayed by step count, not by time
+    ckpt = str(out / "lm" / "checkpoints" / "best.pt")
     for split in ("valid", "test"):
-        results = json.loads((out / f"eval-{split}" / "results.json").read_text())
-        assert results["split"] == split and results["num_articles"] == 2
-        assert set(results["methods"]) == {"static", "dyneval", "meta"}
-        assert results["checkpoint"]["path"] == str(out / "meta" / "checkpoints" / "best.pt")
-        assert f"{split}: {results['num_tokens']} tokens, 2 articles, perplexity  static " in proc.stdout
-        tuned = json.loads((out / f"eval-dyneval-tuned-{split}" / "results.json").read_text())
-        assert list(tuned["methods"]) == ["static", "dyneval"] and tuned["num_articles"] == 2
-        assert (tuned["dyneval"]["lr"], tuned["dyneval"]["lam"]) == (0.0001, 0.003)
-        assert tuned["methods"]["static"]["nll"] == results["methods"]["static"]["nll"]
-        assert f"{split} (dyneval tuned): {tuned['num_tokens']} tokens, 2 articles" in proc.stdout
+        static = json.loads((out / f"static-{split}" / "results.json").read_text())
+        assert list(static["methods"]) == ["static"] and static["num_articles"] == static["split_articles"]
+        assert static["checkpoint"]["path"] == ckpt
+        assert f"{split}: static {static['methods']['static']['ppl']:.2f}" in proc.stdout
+    for adapted, lstm_only in (("all", False), ("lstm", True)):
+        grid = [json.loads(p.read_text()) for p in (out / f"grid-{adapted}").rglob("results.json")]
+        assert len(grid) == 6 and {(r["dyneval"]["lr"], r["dyneval"]["lam"]) for r in grid} == {
+            (lr, lam) for lr in (1e-4, 3e-4, 1e-3) for lam in (0.003, 0.01)}
+        best = min(grid, key=lambda r: r["methods"]["dyneval"]["ppl"])
+        names = best["dyneval"]["adapted"]
+        assert all(n.startswith("layers.") for n in names) == lstm_only and "layers.0.weight_hh" in names
+        assert all(r["grad_stats"]["source"] == "cached" for r in grid)  # measured once, before the grid
+        for split in ("valid", "test"):
+            tuned = json.loads((out / f"tuned-{adapted}-{split}" / "results.json").read_text())
+            assert list(tuned["methods"]) == ["static", "dyneval"] and tuned["num_articles"] == 2
+            assert (tuned["dyneval"]["lr"], tuned["dyneval"]["lam"]) == (best["dyneval"]["lr"], best["dyneval"]["lam"])
+            assert tuned["dyneval"]["adapted"] == names
+            assert f"first 2 articles ({tuned['num_tokens']} tokens)" in proc.stdout
 
 
 def test_reproduce_script_stops_on_a_failed_step(tmp_path):
@@ -49,5 +56,5 @@ def test_reproduce_script_stops_on_a_failed_step(tmp_path):
     proc = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0
-    assert "stage 2" not in proc.stdout  # set -e: nothing runs after the failed stage 1
+    assert "static perplexity" not in proc.stdout  # set -e: nothing runs after the failed stage 1
     assert "nowhere" in proc.stderr
