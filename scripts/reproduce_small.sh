@@ -8,21 +8,23 @@
 # result does not depend on the machine's speed (up to float rounding, which differs between CPUs and threads).
 # The results of commit 2edb4ab (NT-ASGD base model, stage 2) come from that commit's version of this script.
 # Every setting can be changed through the environment:
-#   DATA=../shared/data/wikitext-2  OUT=runs/reproduce-small  MODEL=small  LM_STEPS=4425  HOLDOUT=60
+#   DATA=../shared/data/wikitext-2  OUT=runs/reproduce-small  MODEL=small  LM_STEPS=5212  HOLDOUT=60
 #   GRID_LR=3e-5,4e-5,5e-5,6e-5,7e-5,1e-4  GRID_LAM=0.001,0.002,0.003,0.005  (Krause's grid at L=5)
-#   GRID_ARTICLES=4  (tuning: the first 4 valid articles)  FINAL_ARTICLES=10  (null: the whole split)
+#   GRID_ARTICLES=4  (tuning: the first 4 valid articles, 7,076 tokens)
+#   VALID_ARTICLES=10  TEST_ARTICLES=7  (tuned dyneval: about the first 30,000 tokens of each; null: whole split)
 #   LM_ARGS / EVAL_ARGS: extra Hydra overrides for stage 1 / every evaluation (word-split).
 set -euo pipefail
 
 DATA=${DATA:-../shared/data/wikitext-2}
 OUT=${OUT:-runs/reproduce-small}
 MODEL=${MODEL:-small}
-LM_STEPS=${LM_STEPS:-4425}
+LM_STEPS=${LM_STEPS:-5212}
 HOLDOUT=${HOLDOUT:-60}
 GRID_LR=${GRID_LR:-3e-5,4e-5,5e-5,6e-5,7e-5,1e-4}
 GRID_LAM=${GRID_LAM:-0.001,0.002,0.003,0.005}
 GRID_ARTICLES=${GRID_ARTICLES:-4}
-FINAL_ARTICLES=${FINAL_ARTICLES:-10}
+VALID_ARTICLES=${VALID_ARTICLES:-10}
+TEST_ARTICLES=${TEST_ARTICLES:-7}
 PYTHON=${PYTHON:-python}
 read -r -a LM_EXTRA <<<"${LM_ARGS:-}"
 read -r -a EVAL_EXTRA <<<"${EVAL_ARGS:-}"
@@ -35,14 +37,17 @@ echo "== stage 1: model=$MODEL, Adam 3e-3 halved on plateaus, 10 streams, $LM_ST
     trainer.eval_interval=250 trainer.valid_max_tokens=40000 trainer.log_interval=50 trainer.progress_bar=false \
     hydra.run.dir="$OUT/lm" "${LM_EXTRA[@]}"
 
-# side_by_side NAME OVERRIDES...: valid and test at once, one thread each -> $OUT/NAME-<split>
+# side_by_side NAME ARTICLES OVERRIDES...: valid and test at once, one thread each -> $OUT/NAME-<split>; ARTICLES
+# "VALID TEST" limits each split to its first articles ("null null": the whole splits)
 side_by_side() {
-    local name=$1 pids=() status=0 i split
-    shift
-    for split in valid test; do
+    local name=$1 pids=() status=0 i split limits
+    read -r -a limits <<<"$2"
+    shift 2
+    for i in 0 1; do
+        split=$([ "$i" = 0 ] && echo valid || echo test)
         OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PYTHON" scripts/evaluate.py checkpoint="$CKPT" split="$split" \
-            eval.progress_bar=false hydra.run.dir="$OUT/$name-$split" "$@" "${EVAL_EXTRA[@]}" \
-            >"$OUT/$name-$split.log" 2>&1 &
+            eval.max_articles="${limits[$i]}" eval.progress_bar=false hydra.run.dir="$OUT/$name-$split" "$@" \
+            "${EVAL_EXTRA[@]}" >"$OUT/$name-$split.log" 2>&1 &
         pids+=($!)
     done
     for i in "${!pids[@]}"; do
@@ -56,7 +61,7 @@ side_by_side() {
 }
 
 echo "== static perplexity, whole valid and test splits -> $OUT/static-{valid,test}"
-side_by_side static methods=[static]
+side_by_side static "null null" methods=[static]
 
 # The statistics are measured once, for every parameter, and cached: the grid's jobs read them.
 echo "== gradient statistics (Krause's: 100 streams x 5 tokens, 200,000 train tokens)"
@@ -98,8 +103,8 @@ for set in all lstm; do
     done
     "$PYTHON" scripts/sweep_table.py "$OUT/grid-$set" --sort-by dyneval | tee "$OUT/grid-$set.txt"
     read -r lr lam <<<"$(best_setting "$OUT/grid-$set")"
-    echo "== tuned dyneval ($set: lr $lr, lam $lam), first $FINAL_ARTICLES articles of valid and test"
-    side_by_side "tuned-$set" methods=[static,dyneval] eval.max_articles="$FINAL_ARTICLES" "${dynamic[@]}" \
+    echo "== tuned dyneval ($set: lr $lr, lam $lam), first $VALID_ARTICLES valid and $TEST_ARTICLES test articles"
+    side_by_side "tuned-$set" "$VALID_ARTICLES $TEST_ARTICLES" methods=[static,dyneval] "${dynamic[@]}" \
         eval.dyneval_lr="$lr" eval.dyneval_lam="$lam"
 done
 

@@ -20,7 +20,7 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
     env = {
         **os.environ, "WANDB_MODE": "disabled", "DATA": str(data), "OUT": str(out), "MODEL": "tiny",
         "LM_STEPS": "4", "HOLDOUT": "1", "GRID_LR": "1e-4,3e-4,1e-3", "GRID_LAM": "0.003,0.01",
-        "GRID_ARTICLES": "1", "FINAL_ARTICLES": "2",
+        "GRID_ARTICLES": "1", "VALID_ARTICLES": "2", "TEST_ARTICLES": "1",
         "LM_ARGS": "data.bptt=20 trainer.device=cpu trainer.eval_interval=2",
         "EVAL_ARGS": "eval.gradstat_tokens=500",
     }
@@ -45,10 +45,11 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
         assert all(r["grad_stats"]["source"] == "cached" for r in grid)  # measured once, before the grid
         for split in ("valid", "test"):
             tuned = json.loads((out / f"tuned-{adapted}-{split}" / "results.json").read_text())
-            assert list(tuned["methods"]) == ["static", "dyneval"] and tuned["num_articles"] == 2
+            assert list(tuned["methods"]) == ["static", "dyneval"]
+            assert tuned["num_articles"] == {"valid": 2, "test": 1}[split]
             assert (tuned["dyneval"]["lr"], tuned["dyneval"]["lam"]) == (best["dyneval"]["lr"], best["dyneval"]["lam"])
             assert tuned["dyneval"]["adapted"] == names
-            assert f"first 2 articles ({tuned['num_tokens']} tokens)" in proc.stdout
+            assert f"first {tuned['num_articles']} articles ({tuned['num_tokens']} tokens)" in proc.stdout
 
 
 def test_reproduce_script_stops_on_a_failed_step(tmp_path):
