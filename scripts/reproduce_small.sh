@@ -73,7 +73,8 @@ best_setting() {
     "$PYTHON" - "$1" <<'BEST'
 import json, pathlib, sys
 runs = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).rglob("results.json")]
-best = min(runs, key=lambda r: r["methods"]["dyneval"]["ppl"])
+ppl = lambda r: float(r["methods"]["dyneval"]["ppl"])  # "inf"/"nan" (strings) for a diverged setting
+best = min(runs, key=lambda r: float("inf") if ppl(r) != ppl(r) else ppl(r))
 print(best["dyneval"]["lr"], best["dyneval"]["lam"])
 BEST
 }

@@ -280,13 +280,28 @@ def test_a_dyneval_sweep_gives_one_folder_per_setting_and_one_table(trained, tmp
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.strip().splitlines()
     assert header.split() == ["job", "tokens", "static", "dyneval"]
-    best = min(jobs, key=lambda name: jobs[name]["methods"]["dyneval"]["ppl"])
+    best = min(jobs, key=lambda name: float(jobs[name]["methods"]["dyneval"]["ppl"]))  # "inf" if it diverged
     assert rows[0].split()[0] == best and len(rows) == 2
     for row in rows:
         name, tokens, static_ppl, dyneval_ppl = row.split()
         assert int(tokens) == jobs[name]["num_tokens"]
-        assert float(dyneval_ppl) == pytest.approx(jobs[name]["methods"]["dyneval"]["ppl"], abs=0.005)
+        assert float(dyneval_ppl) == pytest.approx(float(jobs[name]["methods"]["dyneval"]["ppl"]), abs=0.005)
 
     missing = subprocess.run([sys.executable, "scripts/sweep_table.py", str(tmp_path / "nothing")],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "no results.json" in missing.stderr
+
+
+def test_sweep_table_ranks_diverged_settings_last(tmp_path):
+    # results.json stores a non-finite perplexity as the string "inf" or "nan" (strict JSON)
+    import json
+
+    from dynlm.eval.sweep import format_sweep, sweep_rows
+
+    for name, ppl in (("lr1", 120.5), ("lr2", "inf"), ("lr3", "nan"), ("lr4", 99.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {"num_tokens": 10, "methods": {"static": {"ppl": 150.0}, "dyneval": {"ppl": ppl}}}))
+    table = format_sweep(sweep_rows(tmp_path), "dyneval").splitlines()
+    assert [line.split()[0] for line in table[1:3]] == ["lr4", "lr1"]
+    assert {line.split()[0] for line in table[3:]} == {"lr2", "lr3"} and "inf" in table[3] + table[4]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Dict, List
 
@@ -15,12 +16,17 @@ def sweep_rows(sweep_dir: str | Path) -> List[Dict]:
         rows.append({
             "job": str(results_path.parent.relative_to(sweep_dir)),
             "tokens": results["num_tokens"],
-            "ppl": {method: m["ppl"] for method, m in results["methods"].items()},
+            # a diverged setting's perplexity is stored as the string "inf" or "nan" (strict JSON)
+            "ppl": {method: float(m["ppl"]) for method, m in results["methods"].items()},
         })
     if not rows:
         raise FileNotFoundError(f"no results.json under {sweep_dir}: is it the folder of a finished "
                                 f"`scripts/evaluate.py -m` sweep (runs/eval-sweep/<date>_<time>)?")
     return rows
+
+
+def _rank(ppl: float) -> float:
+    return math.inf if math.isnan(ppl) else ppl  # NaN last, like inf (NaN would break the ordering)
 
 
 def format_sweep(rows: List[Dict], sort_by: str | None = None) -> str:
@@ -29,7 +35,7 @@ def format_sweep(rows: List[Dict], sort_by: str | None = None) -> str:
     sort_by = sort_by or methods[-1]
     if sort_by not in methods:
         raise ValueError(f"sort_by={sort_by!r} is not a method of this sweep; choose one of {methods}")
-    rows = sorted(rows, key=lambda r: r["ppl"].get(sort_by, float("inf")))
+    rows = sorted(rows, key=lambda r: _rank(r["ppl"].get(sort_by, math.inf)))
     width = max(len("job"), *(len(r["job"]) for r in rows))
     lines = [f"{'job':<{width}}  {'tokens':>8}  " + "  ".join(f"{m:>8}" for m in methods)]
     for row in rows:
