@@ -161,10 +161,11 @@ class ConfigValueError(DynlmError, ValueError):
     """A config value outside the range where it means anything (a non-finite learning rate, say)."""
 
 
-# key -> (lowest, highest, whether the lowest itself is allowed); checked before any work starts
+# key -> (lowest, highest, whether the lowest itself is allowed[, whether the highest is]); checked before any work
+# starts
 RANGES = {
     "optim.lr": (0.0, None, False), "optim.weight_decay": (0.0, None, True), "trainer.clip": (0.0, None, True),
-    "optim.decay_patience": (1, None, True),
+    "optim.decay_patience": (1, None, True), "optim.decay": (0.0, 1.0, False, True),  # decay 1: a constant rate
     "meta.lr": (0.0, None, False), "meta.lam": (0.0, None, True), "meta.eps": (0.0, None, False),
     "meta.update_gate_init": (0.0, 1.0, False), "meta.momentum_init": (0.0, 1.0, False),
     "meta.meta_lr": (0.0, None, False), "meta.meta_clip": (0.0, None, False), "meta.static_lr": (0.0, None, False),
@@ -177,20 +178,18 @@ RANGES = {
 
 def check_ranges(cfg) -> None:
     """Every key of `RANGES` is finite and in its range: a run with `meta.lr=inf` would only skip every update."""
-    for key, (low, high, low_ok) in RANGES.items():
+    for key, (low, high, low_ok, *high_ok) in RANGES.items():
         section, name = key.split(".")
         value = cfg[section][name]
         if value is None:  # optional keys: null means "no limit"
             continue
+        high_ok = bool(high_ok and high_ok[0])
         bad = not math.isfinite(float(value)) or value < low or (value == low and not low_ok) or (
-            high is not None and value >= high)
+            high is not None and (value > high or (value == high and not high_ok)))
         if bad:
-            span = f"{'>=' if low_ok else '>'} {low}" + (f" and < {high}" if high is not None else "")
+            span = f"{'>=' if low_ok else '>'} {low}" + (
+                f" and {'<=' if high_ok else '<'} {high}" if high is not None else "")
             raise ConfigValueError(f"{key}={value} is out of range: it must be finite and {span}")
-    decay = cfg.optim.decay
-    if not (math.isfinite(float(decay)) and 0.0 < decay <= 1.0):  # 1.0 itself means "no decay"
-        raise ConfigValueError(f"optim.decay={decay} is out of range: it must be > 0 and <= 1 (1: a constant "
-                               "learning rate)")
 
 
 def register_configs() -> None:
