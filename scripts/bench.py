@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
 import dataclasses
 import functools
 import gc
@@ -85,6 +84,7 @@ from dynlm.dynamic.fast_weights import select_dynamic  # noqa: E402
 from dynlm.dynamic.reading import read_stream, stream_starts  # noqa: E402
 from dynlm.dynamic.rules import build_rule  # noqa: E402
 from dynlm.model import AWDLSTM, build_model, lstm_layer, lstm_layer_loop, static_weights  # noqa: E402
+from dynlm.run.allocator import keep_freed_memory, return_freed_memory, trim_freed_memory  # noqa: E402
 from dynlm.run.from_checkpoint import grad_stats_for  # noqa: E402
 from dynlm.train.lm_trainer import build_optimizer, lm_step  # noqa: E402
 from dynlm.train.meta_trainer import MetaLearning, build_meta_learning, fresh_window_state, meta_window  # noqa: E402
@@ -590,31 +590,6 @@ def fig_dyneval(s: Sizes, device, quick: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- memory
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def _libc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _pin_malloc() -> bool:
-    """Large blocks straight from mmap and back to the OS on free: resident memory tracks live tensors."""
-    libc = _libc()
-    if libc is None:
-        return False
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
-    return bool(ok) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024))
-
-
-def _trim_malloc() -> None:
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)  # give free heap memory back, so that the starting level is what is live
-
-
 def _proc_kib(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -631,13 +606,13 @@ class PeakMemory:
         if device.type == "cuda":
             self.method = "torch.cuda.max_memory_allocated"
         else:
-            pinned = _pin_malloc()
+            pinned = return_freed_memory()
             self.method = "peak RSS growth (/proc VmHWM after clear_refs)"
             self.method += ", mmap threshold 64 KiB" if pinned else ""
 
     def __enter__(self):
         gc.collect()
-        _trim_malloc()
+        trim_freed_memory()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -673,7 +648,7 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
     the two previous ones, would take more than 40% of the available memory is not run (the machine is
     shared): its value is the extrapolation, listed under `extrapolated`."""
     if device.type == "cpu":
-        _pin_malloc()  # before anything is allocated for the measurements (the warm-up included)
+        return_freed_memory()  # before anything is allocated for the measurements (the warm-up included)
     cfg = bench_config(s)
     data = synthetic_data(s)
     model, names, streams, stats = stage2_setup(cfg, s, data, device)
@@ -747,7 +722,8 @@ def main(argv=None) -> int:
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
-    # memory last: it pins glibc's mmap threshold, which slows allocation for whatever runs after it
+    keep_freed_memory()  # as scripts/train.py and evaluate.py run
+    # memory last: it makes glibc return freed memory, which slows allocation for whatever runs after it
     for name in sorted(only, key=FIGURES.index):
         RUNNERS[name](s, device, args.quick)
         gc.collect()

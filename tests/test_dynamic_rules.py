@@ -128,12 +128,14 @@ def test_dynamic_embedding_update_changes_both_ends_and_stays_tied():
 def test_static_weights_bit_identical_after_adaptive_pass():
     model, names, stats, learner = setup()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.decoder_bias.requires_grad_(False)  # reading freezes the static weights, then restores each flag
     ids = torch.randint(0, 23, (300,), generator=torch.Generator().manual_seed(0))
     read_stream(model, ids, 0, 5, rule=learner, names=names, restarts=[0, 120])
     read_stream(model, ids, 0, 5, rule=dyneval_for(learner, stats), names=names)
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
         assert p.grad is None
+        assert p.requires_grad == (n != "decoder_bias"), n
 
 
 def test_dyneval_recomputes_its_anchor_when_theta0_changes():

@@ -100,6 +100,35 @@ def test_static_weights_untouched_by_forward_and_no_data_writes():
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), n  # the backward reached every weight
 
 
+@pytest.mark.parametrize("T, per_stream", [(5, True), (12, True), (5, False)])
+def test_decode_table_first_path_equals_plain_products_first_and_second_order(T, per_stream):
+    # a few rows per table take decode's table-first path (5 rows here; 12 take einsum); logits, ∂h, ∂W and a
+    # Hessian-vector product must be those of the plain product
+    from dynlm.model.awd_lstm import SKINNY_ROWS, decode
+
+    assert (T <= SKINNY_ROWS) == (T == 5)
+    torch.manual_seed(0)
+    B, V, E = (3 if per_stream else 1), 40, 6
+    table = torch.randn(*((B,) if per_stream else ()), V, E, dtype=torch.float64, requires_grad=per_stream)
+    bias = torch.randn(V, dtype=torch.float64)
+    h = torch.randn(T, B, E, dtype=torch.float64, requires_grad=True)
+    plain = lambda x, w: (torch.einsum("tbe,bve->tbv", x, w) if per_stream else x @ w.t()) + bias  # noqa: E731
+    wrt = [h, table] if per_stream else [h]
+
+    def grads(f):
+        logits = f(torch.tanh(h), table)
+        return logits, torch.autograd.grad(logits.logsumexp(-1).pow(2).sum(), wrt, create_graph=True)
+
+    (l_fast, g_fast), (l_plain, g_plain) = grads(lambda x, w: decode(x, w, bias)), grads(plain)
+    torch.testing.assert_close(l_fast, l_plain)
+    probes = [torch.randn_like(t) for t in wrt]
+    for gf, gp in zip(g_fast, g_plain):
+        torch.testing.assert_close(gf, gp)
+    hv = lambda gs: torch.autograd.grad(sum((g * p).sum() for g, p in zip(gs, probes)), wrt)  # noqa: E731
+    for a, b in zip(hv(g_fast), hv(g_plain)):
+        torch.testing.assert_close(a, b)
+
+
 def test_per_stream_lookup_gradient_equals_plain_indexing_first_and_second_order():
     # embed() gives a per-stream table a sparse gradient (added in place to the tied decoder's dense one);
     # it must be the gradient of plain indexing, and stay differentiable under double backward

@@ -82,6 +82,10 @@ def read_stream(
     """
     was_training = model.training
     model.eval()
+    # Reading never differentiates the static weights (the dynamic ones are fresh leaves): frozen, the decoder
+    # skips their gradient (`decode`'s table-first path cannot tell which gradients autograd will ask for).
+    wanted = {p: p.requires_grad for p in model.parameters()}
+    model.requires_grad_(False)
     device = next(model.parameters()).device
     n = ids.numel()
     edges = list(starts) + [n]
@@ -125,6 +129,8 @@ def read_stream(
                 on_segment(int(mask.sum()))
     finally:
         model.train(was_training)
+        for p, flag in wanted.items():
+            p.requires_grad_(flag)
     return out
 
 
