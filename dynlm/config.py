@@ -128,6 +128,11 @@ class MetaConfig:
     ewc: float = 0.0  # λ_EWC for Σ F_i (θ0_i − θ0*_i)²
     checkpoint_segments: bool = True  # recompute activations in the backward pass instead of storing them
     second_order: bool = False  # the full meta-gradient (through the gradients of the inner updates)
+    # How the meta-gradient is estimated: bptt (truncated meta-BPTT through the window's updates) | es (antithetic
+    # evolution strategies: 2·es_pairs + 1 reads of the window without a graph; memory flat in meta.window)
+    estimator: str = "bptt"
+    es_sigma: float = 0.1  # σ: the scale of φ's perturbations (es)
+    es_pairs: int = 1  # P: antithetic pairs of perturbations per window (es)
     # The mean squared gradients v (Krause's statistics): gradients of the mean loss of batches of
     # `gradstat_streams` streams × seg_len tokens of `split`, over at least `gradstat_tokens` tokens (null: all of
     # it, as Krause; about an hour for WikiText-2 on one CPU core, hence 200k until measured to matter).
@@ -171,7 +176,7 @@ RANGES = {
     "meta.meta_lr": (0.0, None, False), "meta.meta_clip": (0.0, None, False), "meta.static_lr": (0.0, None, False),
     "meta.ewc": (0.0, None, True), "meta.seg_len": (1, None, True), "meta.window": (1, None, True),
     "meta.batch_size": (1, None, True), "meta.gradstat_streams": (1, None, True),
-    "meta.max_skipped_windows": (1, None, True), "data.batch_size": (1, None, True), "data.bptt": (1, None, True),
+    "meta.max_skipped_windows": (1, None, True), "meta.es_sigma": (0.0, None, False), "meta.es_pairs": (1, None, True), "data.batch_size": (1, None, True), "data.bptt": (1, None, True),
     "trainer.valid_max_tokens": (2, None, True), "data.meta_holdout_articles": (0, None, True),
 }
 

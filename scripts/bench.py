@@ -29,7 +29,9 @@ rules read are measured on it through `grad_stats_for`, the path stage 2 and eva
 - `meta_train`    stage-2 time per token of `dynlm.train.meta_trainer.meta_window` (B=4, L=5, K=4,
                   checkpointed, first order, `meta.dynamic=[layers.*]`; each call reads the next window of
                   `MetaStreams`, as stage 2 does) / `lm_step` time per token on the same model config and the
-                  same tokens (the window's K·L tokens of the B streams as one [K·L, B] batch).
+                  same tokens (the window's K·L tokens of the B streams as one [K·L, B] batch);
+                  `es_vs_stage1`: the same with `meta.estimator=es` (K=32: 2P + 1 reads of the window without
+                  a graph) per token / `lm_step` per token.
 - `adaptive_eval` time per token of `dynlm.dynamic.reading.read_stream` with the `meta` rule and the
                   `dyneval` rule (`build_rule(cfg.meta, ..., name=...)`, L = meta.seg_len, batch 1) / static
                   `read_stream` (`data.eval_bptt` tokens per forward pass), on the synthetic valid tokens;
@@ -46,7 +48,8 @@ rules read are measured on it through `grad_stats_for`, the path stage 2 and eva
                   checkpointed segments (`meta.checkpoint_segments`). On CPU: peak resident memory growth of
                   this process (the kernel's high-water mark, reset before each window via
                   /proc/self/clear_refs, with glibc's mmap threshold pinned so that freed tensors go back to
-                  the OS); on CUDA: `torch.cuda.max_memory_allocated`.
+                  the OS); on CUDA: `torch.cuda.max_memory_allocated`. `es_ratio`: the same peak with
+                  `meta.estimator=es`, K=32 / K=4 (target <= 1.5).
 """
 from __future__ import annotations
 
@@ -87,7 +90,7 @@ from dynlm.model import AWDLSTM, build_model, lstm_layer, lstm_layer_loop, stati
 from dynlm.run.allocator import keep_freed_memory, return_freed_memory, trim_freed_memory  # noqa: E402
 from dynlm.run.from_checkpoint import grad_stats_for  # noqa: E402
 from dynlm.train.lm_trainer import build_optimizer, lm_step  # noqa: E402
-from dynlm.train.meta_trainer import MetaLearning, build_meta_learning, fresh_window_state, meta_window  # noqa: E402
+from dynlm.train.meta_trainer import MetaLearning, build_meta_learning, fresh_window_state, next_window  # noqa: E402
 
 FIGURES = ("lstm_fwd_bwd", "lm_train", "meta_train", "adaptive_eval", "grad_stats", "dyneval", "memory")
 TARGETS = {
@@ -118,6 +121,7 @@ class Sizes:
     meta_b: int = 4  # meta.batch_size
     seg_len: int = 5  # meta.seg_len
     window: int = 4  # meta.window
+    es_window: int = 32  # meta.window of the ES estimator's rows (meta_train, memory)
     memory_windows: Tuple[int, ...] = (4, 8, 16, 32)  # meta.window of the memory figure
     # the synthetic corpus
     vocab: int = 33278  # WikiText-2's
@@ -135,7 +139,7 @@ class Sizes:
 
 QUICK = Sizes(
     lstm_b=2, lstm_h=32, lstm_i=24, lstm_t=8, model="tiny", lm_batch=4, bptt=10, meta_b=2, seg_len=3, window=2,
-    memory_windows=(2, 4), vocab=300, train_articles=6, article_tokens=200, valid_articles=2, eval_tokens=30,
+    es_window=4, memory_windows=(2, 4), vocab=300, train_articles=6, article_tokens=200, valid_articles=2, eval_tokens=30,
     stream_tokens=60, streams=2, gradstat_figure_tokens=1000,
     reps=3, warmup=1,
 )
@@ -318,8 +322,8 @@ class MetaWindows:
         self.state, self.static_lm = fresh_window_state(ml, streams.num_local_streams)
 
     def __call__(self):
-        self.state, self.static_lm, report = meta_window(self.ml, self.streams, self.position, self.state,
-                                                         self.static_lm)
+        self.state, self.static_lm, report = next_window(self.ml, self.streams, self.position, self.state,
+                                                         self.static_lm, seed=0)
         self.position += self.ml.meta.window
         return report
 
@@ -449,6 +453,8 @@ def fig_meta_train(s: Sizes, device, quick: bool) -> dict:
     data = synthetic_data(s)
     model, names, streams, stats = stage2_setup(cfg, s, data, device)
     meta = MetaWindows(build_meta_learning(cfg.meta, model, names, stats), streams)
+    es_cfg = bench_config(s, **{"meta.estimator": "es", "meta.window": s.es_window})
+    es = MetaWindows(build_meta_learning(es_cfg.meta, model, names, stats), streams)
     # stage 1 on the same model config and the same tokens: each call the next window's K·L tokens of the
     # B streams as one [K·L, B] batch, in step with the meta windows
     K, L, B = cfg.meta.window, cfg.meta.seg_len, streams.num_streams
@@ -461,14 +467,18 @@ def fig_meta_train(s: Sizes, device, quick: bool) -> dict:
 
     stage1 = LMSteps(cfg, stage1_model(cfg, data, device), next_window)
     reports: List = []
-    times = interleaved({"meta": lambda: reports.append(meta()), "stage1": stage1}, s.reps, s.warmup, device)
+    times = interleaved({"meta": lambda: reports.append(meta()), "stage1": stage1, "es": es}, s.reps, s.warmup,
+                        device)
     n = K * L * B
+    n_es = s.es_window * L * B
     coords = sum(t.numel() for t in static_weights(model, names).values()) * B
     return emit(
         "meta_train", paired_ratio(times, "meta", "stage1"), s, quick, device,
         meta_ms_per_token=1e3 * med(times["meta"]) / n, stage1_ms_per_token=1e3 * med(times["stage1"]) / n,
         meta_window_ms=1e3 * med(times["meta"]), dynamic_coordinates=coords, coordinates_per_token=coords / (L * B),
         windows_read=len(reports), skipped_windows=sum(bool(r.skipped) for r in reports),
+        es_vs_stage1=paired_ratio(times, "es", "stage1", scale=n / n_es), es_ms_per_token=1e3 * med(times["es"]) / n_es,
+        es_window=s.es_window, es_pairs=es_cfg.meta.es_pairs,
         compared=f"meta_window (meta={cfg.meta.name}, dynamic={list(cfg.meta.dynamic)}, checkpointed="
                  f"{cfg.meta.checkpoint_segments}, second_order={cfg.meta.second_order}) vs lm_step on its tokens",
         sizes=sizes_of(cfg, data, B=B, L=L, K=K),
@@ -684,6 +694,19 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
             del win
             gc.collect()
     k_lo, k_hi = s.memory_windows[0], s.memory_windows[-1]
+    def es_windows(k: int) -> MetaWindows:
+        c = bench_config(s, **{"meta.window": k, "meta.estimator": "es"})
+        return MetaWindows(build_meta_learning(c.meta, model, names, stats), streams)
+
+    es_windows(1)()  # its first-call allocations outside the measurements too
+    for k in (k_lo, k_hi):  # the ES estimator: no graph, so its peak should not grow with K
+        win = es_windows(k)
+        gc.collect()
+        with PeakMemory(device) as pm:
+            win()
+        peaks[f"K{k}_es_mb"] = pm.peak / 2**20
+        del win
+    es_ratio = peaks[f"K{k_hi}_es_mb"] / peaks[f"K{k_lo}_es_mb"]
     ratio = peaks[f"K{k_hi}_ckpt_mb"] / peaks[f"K{k_lo}_ckpt_mb"]
     ckpt_vs_plain = peaks[f"K{k_hi}_ckpt_mb"] / peaks[f"K{k_hi}_plain_mb"]
     theta_bytes = streams.num_streams * sum(t.numel() * t.element_size()
@@ -691,6 +714,7 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
     return emit(
         "memory", ratio, s, quick, device, ckpt_vs_plain=ckpt_vs_plain, ckpt_vs_plain_target="<= 0.5",
         ckpt_vs_plain_met=bool(ckpt_vs_plain <= 0.5), ratio_name=f"ckpt K{k_hi} / ckpt K{k_lo}",
+        es_ratio=es_ratio, es_ratio_name=f"es K{k_hi} / es K{k_lo}", es_ratio_met=bool(es_ratio <= 1.5),
         method=method, **peaks, extrapolated=extrapolated, per_stream_theta_mb=theta_bytes / 2**20,
         sizes=sizes_of(cfg, data, B=streams.num_streams, L=cfg.meta.seg_len, K=list(s.memory_windows)),
     )

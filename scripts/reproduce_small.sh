@@ -10,6 +10,8 @@
 # Every setting can be changed through the environment:
 #   DATA=../shared/data/wikitext-2  OUT=runs/reproduce-small  MODEL=small  LM_STEPS=5212  HOLDOUT=60
 #   GRID_LR=3e-5,4e-5,5e-5,6e-5,7e-5,1e-4  GRID_LAM=0.001,0.002,0.003,0.005  (Krause's grid at L=5)
+#   GRID_LR_LSTM=$GRID_LR,1.5e-4,2e-4,3e-4,5e-4  (LSTM weights only: Krause's grid, widened where its best η was the
+#   largest)
 #   GRID_ARTICLES=4  (tuning: the first 4 valid articles, 7,076 tokens)
 #   VALID_ARTICLES=10  TEST_ARTICLES=7  (tuned dyneval: about the first 30,000 tokens of each; null: whole split)
 #   LM_ARGS / EVAL_ARGS: extra Hydra overrides for stage 1 / every evaluation (word-split).
@@ -22,6 +24,7 @@ LM_STEPS=${LM_STEPS:-5212}
 HOLDOUT=${HOLDOUT:-60}
 GRID_LR=${GRID_LR:-3e-5,4e-5,5e-5,6e-5,7e-5,1e-4}
 GRID_LAM=${GRID_LAM:-0.001,0.002,0.003,0.005}
+GRID_LR_LSTM=${GRID_LR_LSTM:-$GRID_LR,1.5e-4,2e-4,3e-4,5e-4}
 GRID_ARTICLES=${GRID_ARTICLES:-4}
 VALID_ARTICLES=${VALID_ARTICLES:-10}
 TEST_ARTICLES=${TEST_ARTICLES:-7}
@@ -81,10 +84,11 @@ BEST
 
 for set in all lstm; do
     dynamic=()
-    [ "$set" = lstm ] && dynamic=("eval.dynamic=[layers.*]")
+    grid_lr=$GRID_LR
+    [ "$set" = lstm ] && dynamic=("eval.dynamic=[layers.*]") && grid_lr=$GRID_LR_LSTM
     echo "== Krause's grid ($set), first $GRID_ARTICLES valid articles -> $OUT/grid-$set"
     # two halves of the learning rates side by side, one thread each
-    IFS=, read -r -a rates <<<"$GRID_LR"
+    IFS=, read -r -a rates <<<"$grid_lr"
     half=$(( (${#rates[@]} + 1) / 2 ))
     first=$(IFS=,; echo "${rates[*]:0:$half}")
     second=$(IFS=,; echo "${rates[*]:$half}")

@@ -49,6 +49,19 @@ def meta_overrides(data_dir, lm_checkpoint, **extra) -> list:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def straight_and_resumed(overrides: Sequence[str], root, stop_after: int = 4):
+    """Train `overrides` straight through into root/full, and stopped after `stop_after` steps then resumed into
+    root/split; returns the two last checkpoints (for tests of exact resume)."""
+    from dynlm.run.checkpoint import load_checkpoint
+    from dynlm.train import train
+
+    root = Path(root)
+    train(compose_config(overrides), root / "full")
+    train(compose_config(list(overrides) + [f"trainer.stop_after_steps={stop_after}"]), root / "split")
+    train(compose_config(list(overrides) + ["trainer.resume=true"]), root / "split")
+    return tuple(load_checkpoint(root / run / "checkpoints" / "last.pt") for run in ("full", "split"))
+
+
 def records(run_dir) -> list:
     """The run folder's metrics.jsonl, one dict per line."""
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -10,13 +10,11 @@ from dynlm.dynamic.rules import DynEvalRule
 from dynlm.dynamic.segment import adapt_segment
 from dynlm.eval.evaluate import evaluate
 from dynlm.model import static_weights
-from dynlm.run.checkpoint import load_checkpoint
-from dynlm.train import train
 from dynlm.train.meta_trainer import _state_dict
 
 from dynamic_helpers import random_stats, read, tiny_model, tokens
 from eval_helpers import compose_eval
-from hydra_helpers import compose_config, meta_overrides, records, train_tiny_lm
+from hydra_helpers import meta_overrides, records, straight_and_resumed
 
 KRAUSE = dict(lr=0.002, lam=0.02, eps=0.001, update=0.5)
 
@@ -128,15 +126,6 @@ def test_a_learner_state_at_its_shared_initial_value_is_saved_one_row_per_stream
     assert _state_dict(state)["learner"]["context"].shape == (3, 2)  # gathered and sharded by rows
 
 
-@pytest.fixture(scope="module")
-def lm_checkpoint(wikitext2_dir, tmp_path_factory):
-    from conftest import write_slice
-
-    data = write_slice(wikitext2_dir, tmp_path_factory.mktemp("data") / "wt2", {"train": 3000, "valid": 400, "test": 400})
-    ckpt = train_tiny_lm(data, tmp_path_factory.mktemp("lm"), **{"trainer.max_steps": 30, "trainer.eval_interval": 30})
-    return data, ckpt
-
-
 SIZES = {"meta": "cheap", "meta.batch_size": 3, "meta.seg_len": 4, "meta.window": 3, "meta.gradstat_tokens": 600,
          "meta.valid_max_tokens": 300, "trainer.max_steps": 6, "trainer.eval_interval": 3}
 
@@ -145,11 +134,7 @@ SIZES = {"meta": "cheap", "meta.batch_size": 3, "meta.seg_len": 4, "meta.window"
 def test_stage2_with_meta_cheap_trains_resumes_exactly_and_evaluates(lm_checkpoint, tmp_path):
     data, ckpt = lm_checkpoint
     over = meta_overrides(data, ckpt, **SIZES)
-    train(compose_config(over), tmp_path / "full")
-    train(compose_config(over + ["trainer.stop_after_steps=4"]), tmp_path / "split")
-    train(compose_config(over + ["trainer.resume=true"]), tmp_path / "split")
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    a, b = straight_and_resumed(over, tmp_path)
     assert a["progress"]["step"] == b["progress"]["step"] == 6 and a["config"]["meta"]["name"] == "cheap"
     assert set(a["meta_learner"]) == {"weight", "bias"}
     assert float(a["meta_learner"]["weight"].abs().sum()) > 0  # a few windows moved φ off zero

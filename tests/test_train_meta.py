@@ -8,16 +8,7 @@ from dynlm.train.meta_trainer import train_meta
 from dynlm.train import train
 from dynlm.run.checkpoint import load_checkpoint
 
-from hydra_helpers import compose_config, meta_overrides, records, train_tiny_lm
-
-
-@pytest.fixture(scope="module")
-def lm_checkpoint(wikitext2_dir, tmp_path_factory):
-    from conftest import write_slice
-
-    data = write_slice(wikitext2_dir, tmp_path_factory.mktemp("data") / "wt2", {"train": 3000, "valid": 400, "test": 400})
-    ckpt = train_tiny_lm(data, tmp_path_factory.mktemp("lm"), **{"trainer.max_steps": 30, "trainer.eval_interval": 30})
-    return data, ckpt
+from hydra_helpers import compose_config, meta_overrides, records, straight_and_resumed
 
 
 SIZES = {"meta.batch_size": 3, "meta.seg_len": 4, "meta.window": 3, "meta.gradstat_tokens": 600,
@@ -58,11 +49,7 @@ def test_meta_training_run_folder_metrics_and_checkpoint(lm_checkpoint, tmp_path
 def test_meta_training_resume_is_exact(lm_checkpoint, tmp_path):
     data, ckpt = lm_checkpoint
     over = overrides(data, ckpt, **{"model.dropout": 0.1})  # the stage-1 model config wins; no effect
-    train(compose_config(over), tmp_path / "full")
-    train(compose_config(over + ["trainer.stop_after_steps=4"]), tmp_path / "split")
-    train(compose_config(over + ["trainer.resume=true"]), tmp_path / "split")
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    a, b = straight_and_resumed(over, tmp_path)
     assert a["progress"]["step"] == b["progress"]["step"] == 6
     for k in a["meta_learner"]:
         torch.testing.assert_close(a["meta_learner"][k], b["meta_learner"][k], rtol=0, atol=0, msg=k)

@@ -20,19 +20,21 @@ from torch import Tensor, nn
 from .. import dist
 from ..config import ConfigValueError, DynlmError
 from ..data import HELDOUT, MetaStreams, load_corpus
-from ..dynamic.fast_weights import finite_streams, select_dynamic, zero_rows
+from ..dynamic.fast_weights import finite_streams, select_dynamic
 from ..dynamic.grad_stats import GradStats
 from ..dynamic.reading_state import ReadingState, fresh_state
 from ..dynamic.rules import LEARNED_RULES, build_rule
 from ..dynamic.segment import adapt_segment
-from ..model import LMState, detach_state, static_weights, token_nll
+from ..model import LMState, static_weights
 from ..run.checkpoint import load_checkpoint, load_weights
 from ..run.from_checkpoint import (check_data_matches, check_heldout_matches, grad_stats_for, holdout_articles,
                                    lm_from_checkpoint)
 from ..run.logger import RunLogger
 from ..run.progress import Progress
 from ..run.scaffold import run
+from .es_window import es_window
 from .meta_validation import quick_adaptive_valid
+from .window_report import WindowReport, static_segment_loss
 
 WindowHook = Callable[[ReadingState, int], ReadingState]
 
@@ -54,16 +56,6 @@ class MetaLearning:
     anchor: Dict[str, Tensor]  # θ0*, the stage-1 weights (EWC)
 
 
-@dataclass
-class WindowReport:
-    meta_loss: float  # mean segment loss over the finite streams of all ranks
-    static_loss: float  # the static model on the same tokens
-    skipped: int  # 0, or (when the update was skipped) the number of reset streams, at least 1
-    reset_streams: int  # streams whose weights or loss were non-finite, restarted from θ0
-    tokens: int  # over all ranks
-    diag: Dict[str, float]  # the learner's diagnostics (mean gates, step sizes)
-
-
 def _ewc_penalty(model, anchor: Dict[str, Tensor], fisher: Dict[str, Tensor], lam: float):
     total = None
     for n, p in model.named_parameters():
@@ -71,13 +63,6 @@ def _ewc_penalty(model, anchor: Dict[str, Tensor], fisher: Dict[str, Tensor], la
             term = (fisher[n] * (p - anchor[n]).pow(2)).sum()
             total = term if total is None else total + term
     return lam * total
-
-
-def _static_loss(model, x, y, lm_state, new_article):
-    """The static model's mean loss on a segment, reading with its own (h, c)."""
-    lm_state = [(zero_rows(h, new_article), zero_rows(c, new_article)) for h, c in lm_state]
-    out = model(x, lm_state)
-    return token_nll(out.logits, y).mean(), detach_state(out.state)
 
 
 def _sync_grads(params) -> None:
@@ -107,7 +92,7 @@ def meta_window(ml: MetaLearning, streams: MetaStreams, position: int, state: Re
         x, y, new = batch.x.to(device), batch.y.to(device), batch.new_article.to(device)
         state = state.reset(new, theta0)
         with torch.no_grad():
-            static_loss, static_lm = _static_loss(model, x, y, static_lm, new)
+            static_loss, static_lm = static_segment_loss(model, x, y, static_lm, new)
             static_losses.append(static_loss)
         seg_loss, _, state, diag = adapt_segment(
             model, ml.learner, state, theta0, x, y, keep_graph=True,
@@ -143,6 +128,15 @@ def meta_window(ml: MetaLearning, streams: MetaStreams, position: int, state: Re
         diag={k: float(v) for k, v in diag.items()},
     )
     return state, static_lm, report
+
+
+def next_window(ml: MetaLearning, streams: MetaStreams, position: int, state: ReadingState, static_lm: LMState,
+                seed: int) -> Tuple[ReadingState, LMState, WindowReport]:
+    """One window of stage 2 with the estimator `meta.estimator` names. ES draws its directions from `seed` and
+    the position: the same on every rank, fresh at every window, the same again on resume."""
+    if ml.meta.estimator == "es":
+        return es_window(ml, streams, position, state, static_lm, seed * 1_000_003 + position)
+    return meta_window(ml, streams, position, state, static_lm)
 
 
 def build_meta_learning(mc: DictConfig, model: nn.Module, names: List[str], stats: GradStats) -> MetaLearning:
@@ -186,6 +180,19 @@ def meta_split(asked: Optional[str], held: int, resumed: Optional[Dict[str, Any]
     return asked
 
 
+ESTIMATORS = ("bptt", "es")
+
+
+def check_estimator(mc: DictConfig) -> None:
+    if mc.estimator not in ESTIMATORS:
+        raise ConfigValueError(f"meta.estimator={mc.estimator!r}: use bptt (truncated meta-BPTT) or es (evolution "
+                               "strategies)")
+    if mc.estimator == "es" and (mc.train_static or mc.second_order):
+        key = "meta.train_static" if mc.train_static else "meta.second_order"
+        raise ConfigValueError(f"{key}=true needs meta.estimator=bptt: the ES estimator perturbs the learner φ only "
+                               "and takes no gradients through the updates")
+
+
 class MetaTask:
     """Stage 2 as a task of the run scaffold."""
 
@@ -197,6 +204,7 @@ class MetaTask:
         if mc.name not in LEARNED_RULES:
             raise ConfigValueError(f"stage=meta trains a learned rule: use meta=gated or meta=cheap (meta={mc.name} has "
                                    "nothing to train)")
+        check_estimator(mc)
         lm_path = path if resumed is not None else mc.lm_checkpoint
         if lm_path is None:
             raise ConfigValueError("stage=meta needs meta.lm_checkpoint=<path to a stage-1 checkpoint (best.pt)>")
@@ -247,8 +255,8 @@ class MetaTask:
     def step(self, progress: Progress) -> bool:
         if self.on_window is not None:
             self.state = self.on_window(self.state, progress.step)
-        self.state, self.static_lm, report = meta_window(self.ml, self.streams, progress.position, self.state,
-                                                         self.static_lm)
+        self.state, self.static_lm, report = next_window(self.ml, self.streams, progress.position, self.state,
+                                                         self.static_lm, int(self.cfg.trainer.seed))
         if report.skipped:
             dist.print0(f"step {progress.step}: non-finite meta-gradient or weights; update skipped, "
                         f"{report.reset_streams} stream(s) reset to θ0")
@@ -330,5 +338,5 @@ def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowH
     return run(cfg, run_dir, lambda c, device, resumed, path: MetaTask(c, device, resumed, path, on_window))
 
 
-__all__ = ["MetaLearning", "MetaTask", "WindowReport", "build_meta_learning", "fresh_window_state", "meta_split",
-           "meta_window", "train_meta"]
+__all__ = ["ESTIMATORS", "MetaLearning", "MetaTask", "WindowReport", "build_meta_learning", "check_estimator",
+           "fresh_window_state", "meta_split", "meta_window", "next_window", "train_meta"]
