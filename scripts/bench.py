@@ -746,7 +746,7 @@ def main(argv=None) -> int:
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
-    keep_freed_memory()  # as scripts/train.py and evaluate.py run
+    keep_freed_memory()  # as training and evaluation on CPU run (run/setup.py:select_device)
     # memory last: it makes glibc return freed memory, which slows allocation for whatever runs after it
     for name in sorted(only, key=FIGURES.index):
         RUNNERS[name](s, device, args.quick)

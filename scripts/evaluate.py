@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 from dynlm.eval.config import EvalRunConfig, register_eval_configs
 from dynlm.eval.evaluate import evaluate
-from dynlm.run.allocator import keep_freed_memory
 from dynlm.run.cli import check_config, check_overrides, register_help, user_errors
 
 register_eval_configs()
@@ -30,7 +29,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # per-segment tensors as large as the embedding reuse freed memory (dynlm/run/allocator.py)
     with user_errors():
         check_overrides(sys.argv[1:], EvalRunConfig)
     main()

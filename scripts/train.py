@@ -11,7 +11,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dynlm.config import Config, register_configs
-from dynlm.run.allocator import keep_freed_memory
 from dynlm.run.cli import check_config, check_overrides, register_help, user_errors
 from dynlm.train import train
 
@@ -27,7 +26,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # per-segment tensors as large as the embedding reuse freed memory (dynlm/run/allocator.py)
     with user_errors():
         check_overrides(sys.argv[1:], Config)
     main()

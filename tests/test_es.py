@@ -44,6 +44,10 @@ def test_shifted_moves_phi_inside_the_block_and_restores_it_exactly():
         torch.testing.assert_close(p[1].detach(), before[1] + delta[6:].float())
     for t, s in zip(p, before):
         assert torch.equal(t.detach(), s)
+    with pytest.raises(RuntimeError, match="read failed"), shifted(p, delta):
+        raise RuntimeError("read failed")
+    for t, s in zip(p, before):
+        assert torch.equal(t.detach(), s)  # restored after an error inside the block too
     assign_flat_grad(p, delta)
     assert torch.equal(p[1].grad, delta[6:].float())
 
@@ -113,9 +117,46 @@ def test_an_es_window_steps_phi_and_carries_the_unperturbed_reading_state():
     masks_seed = int(torch.randint(2**62, (1,)))
     torch.manual_seed(masks_seed)
     ml.model.train()
-    _, ref, _, _, _ = _read_window(ml, _Streams(), 0, state, static_lm)
+    # without the static model's reading, as the φ ± σε reads: the same masks all the same
+    _, ref, _, _, _ = _read_window(ml, _Streams(), 0, state, None)
     for n in ref.fast:
         torch.testing.assert_close(new_state.fast[n], ref.fast[n], rtol=0, atol=0)
+
+
+def test_the_gradient_an_es_window_steps_with_is_the_estimate_from_its_plus_and_minus_reads():
+    # recompute ĝ from reads of φ + σε and φ − σε (the window's directions and masks) and compare it with the
+    # gradient the window hands to Adam (no clipping): a swapped sign or pairing would fail
+    from dynlm.train.es_window import _read_window
+
+    torch.manual_seed(0)
+    ml = _tiny_learning(es_sigma=0.3, es_pairs=3)
+    ml.meta.meta_clip = 1e9
+    params = list(ml.learner.parameters())
+    for p in params:
+        torch.nn.init.normal_(p, std=0.1)
+    before = [p.detach().clone() for p in params]
+    state, static_lm = fresh_window_state(ml, 2)
+    torch.manual_seed(11)
+    es_window(ml, _Streams(), 0, state, static_lm, seed=5)
+    used = torch.cat([p.grad.flatten() for p in params]).double()
+
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b)
+    eps = antithetic_directions(sum(p.numel() for p in params), 3, torch.Generator().manual_seed(5))
+    torch.manual_seed(11)
+    masks_seed = int(torch.randint(2**62, (1,)))
+    ml.model.train()
+
+    def loss(delta):
+        with shifted(params, delta):
+            torch.manual_seed(masks_seed)
+            return float(_read_window(ml, _Streams(), 0, state, None)[0].mean())
+
+    plus = torch.tensor([loss(0.3 * e) for e in eps], dtype=torch.float64)
+    minus = torch.tensor([loss(-0.3 * e) for e in eps], dtype=torch.float64)
+    torch.testing.assert_close(used, es_gradient(eps, plus, minus, 0.3), rtol=1e-4, atol=1e-7)
+    assert float(used.norm()) > 0
 
 
 SIZES = {"meta": "cheap", "meta.estimator": "es", "meta.es_pairs": 2, "meta.batch_size": 3, "meta.seg_len": 4,
@@ -139,6 +180,7 @@ def test_stage2_with_the_es_estimator_trains_and_resumes_exactly(lm_checkpoint, 
 @pytest.mark.parametrize("extra, match", [
     (["meta.estimator=adjoint"], "meta.estimator='adjoint'"),
     (["meta.estimator=es", "meta.train_static=true"], "meta.train_static=true needs meta.estimator=bptt"),
+    (["meta.estimator=es", "meta.second_order=true"], "meta.second_order=true needs meta.estimator=bptt"),
     (["meta.estimator=es", "meta.es_sigma=0"], "meta.es_sigma=0"),
 ])
 def test_bad_estimator_settings_say_what_to_change(lm_checkpoint, tmp_path, extra, match):

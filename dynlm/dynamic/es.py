@@ -31,12 +31,12 @@ def shifted(params: Sequence[nn.Parameter], delta: Tensor) -> Iterator[None]:
     """φ + δ (a flat `delta` over `params`, in their order) inside the block; φ exactly as it was after it."""
     saved = [p.detach().clone() for p in params]
     offset = 0
-    with torch.no_grad():
-        for p in params:
-            n = p.numel()
-            p.add_(delta[offset:offset + n].view_as(p).to(p.dtype))
-            offset += n
     try:
+        with torch.no_grad():
+            for p in params:
+                n = p.numel()
+                p.add_(delta[offset:offset + n].view_as(p).to(device=p.device, dtype=p.dtype))
+                offset += n
         yield
     finally:
         with torch.no_grad():
@@ -53,7 +53,7 @@ def assign_flat_grad(params: Sequence[nn.Parameter], flat: Tensor) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype).clone()
+        p.grad = flat[offset:offset + n].view_as(p).to(device=p.device, dtype=p.dtype).clone()
         offset += n
 
 

@@ -80,12 +80,6 @@ def read_stream(
     with its own state and dynamic weights (batch B; see `stream_starts`): the standard protocol is B = 1.
     `on_segment(tokens)` is called after every step (progress bars).
     """
-    was_training = model.training
-    model.eval()
-    # Reading never differentiates the static weights (the dynamic ones are fresh leaves): frozen, the decoder
-    # skips their gradient (`decode`'s table-first path cannot tell which gradients autograd will ask for).
-    wanted = {p: p.requires_grad for p in model.parameters()}
-    model.requires_grad_(False)
     device = next(model.parameters()).device
     n = ids.numel()
     edges = list(starts) + [n]
@@ -99,7 +93,13 @@ def read_stream(
     learner = rule.init_learner_state({k: v.unsqueeze(0) for k, v in theta0.items()}) if rule is not None else {}
     state = fresh_state(model, theta0, len(streams), learner)
     out = torch.empty(n, dtype=torch.float32)
+    was_training = model.training
+    # Reading never differentiates the static weights (the dynamic ones are fresh leaves): frozen, the decoder
+    # skips their gradient (`decode`'s table-first path cannot tell which gradients autograd will ask for).
+    wanted = {p: p.requires_grad for p in model.parameters()}
     try:
+        model.eval()
+        model.requires_grad_(False)
         for step in range(max(len(p) for p in plans)):
             segs = [p[step] if step < len(p) else None for p in plans]
             width = max(e - a for a, e, _ in filter(None, segs))

@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 
 def _read_window(ml: "MetaLearning", streams: MetaStreams, position: int, state: ReadingState,
                  static_lm: Optional[LMState]):
-    """`([b] mean segment loss per stream, state after the window, static state, static losses, diagnostics)`."""
+    """`([b] mean segment loss per stream, state after the window, static state, static losses, diagnostics)`.
+
+    The static model's reading (when `static_lm` is given) draws its dropout masks from a fork of the RNG, so the
+    adaptive reading draws the same masks with or without it."""
     model, device = ml.model, next(ml.model.parameters()).device
     theta0 = static_weights(model, ml.names)
     losses: List[Tensor] = []
@@ -38,7 +41,7 @@ def _read_window(ml: "MetaLearning", streams: MetaStreams, position: int, state:
         x, y, new = batch.x.to(device), batch.y.to(device), batch.new_article.to(device)
         state = state.reset(new, theta0)
         if static_lm is not None:
-            with torch.no_grad():
+            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 static_loss, static_lm = static_segment_loss(model, x, y, static_lm, new)
             static_losses.append(static_loss)
         seg_loss, _, state, diag = adapt_segment(model, ml.learner, state, theta0, x, y)
