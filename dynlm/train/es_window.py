@@ -7,7 +7,7 @@ same dropout masks (common random numbers), so L(φ + σε) − L(φ − σε) m
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -19,13 +19,10 @@ from ..dynamic.fast_weights import finite_streams
 from ..dynamic.reading_state import ReadingState
 from ..dynamic.segment import adapt_segment
 from ..model import LMState, static_weights
-from .window_report import WindowReport, static_segment_loss
-
-if TYPE_CHECKING:
-    from .meta_trainer import MetaLearning
+from .window_report import MetaLearning, WindowReport, static_segment_loss
 
 
-def _read_window(ml: "MetaLearning", streams: MetaStreams, position: int, state: ReadingState,
+def _read_window(ml: MetaLearning, streams: MetaStreams, position: int, state: ReadingState,
                  static_lm: Optional[LMState]):
     """`([b] mean segment loss per stream, state after the window, static state, static losses, diagnostics)`.
 
@@ -49,7 +46,7 @@ def _read_window(ml: "MetaLearning", streams: MetaStreams, position: int, state:
     return torch.stack(losses).mean(0), state, static_lm, static_losses, diag
 
 
-def es_window(ml: "MetaLearning", streams: MetaStreams, position: int, state: ReadingState, static_lm: LMState,
+def es_window(ml: MetaLearning, streams: MetaStreams, position: int, state: ReadingState, static_lm: LMState,
               seed: int) -> Tuple[ReadingState, LMState, WindowReport]:
     """Like `meta_window`, with the antithetic ES estimate of the meta-gradient. `seed` draws the directions: the
     same on every rank (seeded by the run's seed and the position), so the ranks' losses can be summed."""

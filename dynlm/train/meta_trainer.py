@@ -9,7 +9,6 @@ detached: the truncation that keeps memory flat however long an article is. The 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -34,26 +33,13 @@ from ..run.progress import Progress
 from ..run.scaffold import run
 from .es_window import es_window
 from .meta_validation import quick_adaptive_valid
-from .window_report import WindowReport, static_segment_loss
+from .window_report import MetaLearning, WindowReport, static_segment_loss
 
 WindowHook = Callable[[ReadingState, int], ReadingState]
 
 
 class MetaDivergedError(DynlmError, FloatingPointError):
     """Too many skipped windows in a row: the message names the last good checkpoint and what to change."""
-
-
-@dataclass
-class MetaLearning:
-    """What a meta-training window reads and trains: the LM (θ0), the learner (φ), their optimiser."""
-
-    meta: DictConfig  # cfg.meta
-    model: nn.Module
-    learner: nn.Module
-    optimizer: torch.optim.Optimizer
-    names: List[str]  # the dynamic parameters
-    stats: GradStats  # also the diagonal Fisher of the EWC penalty
-    anchor: Dict[str, Tensor]  # θ0*, the stage-1 weights (EWC)
 
 
 def _ewc_penalty(model, anchor: Dict[str, Tensor], fisher: Dict[str, Tensor], lam: float):

@@ -1,12 +1,30 @@
-"""What both meta-gradient estimators of stage 2 share: the report of one window, and the static model's loss on
-the same segments (the baseline of `meta/improvement`)."""
+"""What both meta-gradient estimators of stage 2 share: what a window trains (`MetaLearning`), the report of one
+window, and the static model's loss on the same segments (the baseline of `meta/improvement`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, List
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
 
 from ..dynamic.fast_weights import zero_rows
+from ..dynamic.grad_stats import GradStats
 from ..model import detach_state, token_nll
+
+
+@dataclass
+class MetaLearning:
+    """What a meta-training window reads and trains: the LM (θ0), the learner (φ), their optimiser."""
+
+    meta: DictConfig  # cfg.meta
+    model: nn.Module
+    learner: nn.Module
+    optimizer: torch.optim.Optimizer
+    names: List[str]  # the dynamic parameters
+    stats: GradStats  # also the diagonal Fisher of the EWC penalty
+    anchor: Dict[str, Tensor]  # θ0*, the stage-1 weights (EWC)
 
 
 @dataclass
@@ -26,4 +44,4 @@ def static_segment_loss(model, x, y, lm_state, new_article):
     return token_nll(out.logits, y).mean(), detach_state(out.state)
 
 
-__all__ = ["WindowReport", "static_segment_loss"]
+__all__ = ["MetaLearning", "WindowReport", "static_segment_loss"]
