@@ -15,7 +15,8 @@ KEYS = {
                       "cheap_ms_per_token", "cheap_vs_dyneval", "cheap_vs_dyneval_target", "cheap_vs_dyneval_met"},
     "grad_stats": {"stats_s", "static_s", "tokens"},
     "dyneval": {"ratio_lstm_only", "all_ms_per_token", "lstm_ms_per_token", "copy_bandwidth_gb_s", "all_bound_ms_per_token",
-                "lstm_bound_ms_per_token", "all_vs_bound", "lstm_vs_bound", "multi_stream_speedup", "streams"},
+                "lstm_bound_ms_per_token", "all_vs_bound", "lstm_vs_bound", "multi_stream_speedup",
+                "multi_stream_speedup_lstm", "streams"},
     "memory": {"ckpt_vs_plain", "method", "extrapolated"},
 }
 

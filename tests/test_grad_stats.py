@@ -59,3 +59,21 @@ def test_restricted_statistics_normalise_over_their_own_tensors():
     assert sub.decay_norm == pytest.approx((2.0 + 1.0) / 2)
     with pytest.raises(ValueError, match="do not cover"):
         stats.restricted(["a", "d"])
+
+
+def test_a_budget_beyond_the_split_reads_all_of_it_and_says_so(capsys):
+    from dynlm.data.split import Split
+    from dynlm.run.from_checkpoint import grad_stats_for
+
+    model = tiny_model()
+    n = 203
+    ids = torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(2))
+    split = Split("train", ids, torch.zeros(n, dtype=torch.long), torch.arange(n), ["a"], torch.tensor([0]), n)
+    names = ["layers.0.weight_hh"]
+    whole, source = grad_stats_for(model, names, {}, "lm.pt", split, "", None, 4, 6, use_cache=False)
+    assert source == "measured" and f"measuring them on all {n} train tokens" in capsys.readouterr().out
+    beyond, _ = grad_stats_for(model, names, {}, "lm.pt", split, "", 10**8, 4, 6, use_cache=False)
+    assert f"measuring them on all {n} train tokens" in capsys.readouterr().out
+    assert beyond.tokens == whole.tokens == 48 * 4 and torch.equal(beyond.v[names[0]], whole.v[names[0]])
+    grad_stats_for(model, names, {}, "lm.pt", split, "", 50, 4, 6, use_cache=False)
+    assert "measuring them on 50 train tokens" in capsys.readouterr().out

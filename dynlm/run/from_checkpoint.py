@@ -158,7 +158,9 @@ def grad_stats_for(
         dist.print0(f"gradient statistics of {path.name} on {stats.tokens} {split.name} tokens, from the cache "
                     f"{cached}")
         return stats.restricted(names), "cached"
-    amount = f"{tokens}" if tokens is not None else f"all {split.num_tokens}"
+    # a request beyond the split reads all of it (measure_grad_stats stops at its end): say so
+    whole = tokens is None or tokens >= split.num_tokens
+    amount = f"all {split.num_tokens}" if whole else f"{tokens}"
     dist.print0(f"{path.name} has no gradient statistics (a stage-1 checkpoint); measuring them on {amount} "
                 f"{split.name} tokens (batches of {streams} streams × {seg_len} tokens) ...")
     started = time.time()
