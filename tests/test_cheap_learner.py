@@ -69,6 +69,28 @@ def test_context_features_mark_boundaries_position_and_surprise():
     torch.testing.assert_close(ctx[:, 1], torch.tensor([5.1, 7.0]))
 
 
+@pytest.mark.parametrize("streams", [1, 3])  # one stream on CPU takes the scalar path
+def test_reading_without_a_graph_updates_exactly_as_the_differentiable_form(streams):
+    model, names, _, cheap, _ = _setup(torch.float64)
+    cheap = cheap.double()
+    with torch.no_grad():  # a trained-looking φ: scales differ per tensor and stream
+        cheap.weight.normal_(0.0, 0.3)
+        cheap.bias.normal_(0.0, 0.3)
+    theta0 = {n: t.detach() for n, t in static_weights(model, names).items()}
+    fast = {n: t + 0.1 * torch.randn(streams, *t.shape, dtype=t.dtype) for n, t in theta0.items()}
+    grads = {n: torch.randn_like(t) for n, t in fast.items()}
+    loss, state = torch.tensor([4.0, 5.0, 6.0][:streams], dtype=torch.float64), cheap.init_learner_state(fast)
+    kept = {n: g.clone() for n, g in grads.items()}
+    with torch.enable_grad():
+        graph, _, _ = cheap(fast, grads, theta0, loss, state)
+    with torch.no_grad():
+        for _ in range(2):  # the second call reads the cached flush·θ0
+            fast_path, _, _ = cheap(fast, grads, theta0, loss, state)
+            for n in names:
+                torch.testing.assert_close(fast_path[n], graph[n], rtol=1e-12, atol=1e-14, msg=n)
+    assert all(torch.equal(grads[n], kept[n]) for n in names)  # the gradients it read are left as they were
+
+
 def test_a_large_learned_decay_stops_at_theta0_and_never_overshoots():
     model, names, _, cheap, _ = _setup(lam=0.5)
     with torch.no_grad():

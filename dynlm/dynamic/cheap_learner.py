@@ -56,6 +56,21 @@ def scaled_krause_update(theta: Tensor, theta0: Tensor, g: Tensor, gain: Tensor,
     return torch.addcmul(theta, pulled, s_decay.view(view)).addcmul_(gain * g, s_step.view(view), value=-1.0)
 
 
+def scaled_krause_read(theta: Tensor, anchored: Tensor, g: Tensor, gain: Tensor, flush: Tensor,
+                       s_step: Tensor, s_decay: Tensor) -> Tensor:
+    """`scaled_krause_update` without a graph, in fewer passes over the weights (evaluation, ES reads), with
+    `anchored` = flush ⊙ θ0 computed once: u = flush ⊙ θ0 − flush ⊙ θ, θ' = θ + s_decay · u, then u's memory
+    takes gain ⊙ g and θ' −= s_step · u. Four passes where the differentiable form makes five (three for one
+    stream on CPU, whose scales can be Python numbers), and no allocation beyond u and θ'."""
+    u = torch.addcmul(anchored, flush, theta, value=-1.0)
+    if theta.shape[0] == 1 and not theta.is_cuda:  # one stream on CPU: scalars, so three passes in all
+        return torch.add(theta, u, alpha=float(s_decay)).addcmul_(gain, g, value=-float(s_step))
+    view = (-1,) + (1,) * (theta.dim() - 1)
+    new = torch.addcmul(theta, u, s_decay.view(view))
+    torch.mul(gain, g, out=u)
+    return new.addcmul_(u, s_step.view(view), value=-1.0)
+
+
 class ContextRule(StatsRule):
     """Krause's rule whose step size and decay a tiny linear model scales per (tensor, stream), from context."""
 
@@ -98,12 +113,17 @@ class ContextRule(StatsRule):
         grad_feats = grad_norm_features([grads[n] for n in self.names], self.grad_log_scale)
         s = self.scales(shared, grad_feats)
         new = {}
+        graph = torch.is_grad_enabled()  # meta-BPTT and θ0 refinement differentiate the update; reading does not
         for k, n in enumerate(self.names):
             b = buffer_name(n)
-            new[n] = scaled_krause_update(fast[n], theta0[n], grads[n], getattr(self, "gain__" + b),
-                                          getattr(self, "flush__" + b), s[0, :, k], s[1, :, k])
+            gain, flush = getattr(self, "gain__" + b), getattr(self, "flush__" + b)
+            if graph:
+                new[n] = scaled_krause_update(fast[n], theta0[n], grads[n], gain, flush, s[0, :, k], s[1, :, k])
+            else:
+                new[n] = scaled_krause_read(fast[n], self.anchored(n, theta0[n]), grads[n], gain, flush,
+                                            s[0, :, k], s[1, :, k])
         diag = {"scale/step": s[0].detach().mean(), "scale/decay": s[1].detach().mean()}
         return new, {**learner_state, CONTEXT: new_context.detach()}, diag
 
 
-__all__ = ["ContextRule", "context_features", "grad_norm_features", "scaled_krause_update"]
+__all__ = ["ContextRule", "context_features", "grad_norm_features", "scaled_krause_read", "scaled_krause_update"]

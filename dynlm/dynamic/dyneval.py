@@ -18,21 +18,6 @@ class DynEvalRule(StatsRule):
     while θ0 is constant (evaluation); when θ0 is trained (meta.train_static) it is recomputed every segment.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._anchored = {}  # name -> (θ0 tensor, its version, flush·θ0)
-
-    def anchored(self, n: str, theta0: Tensor) -> Tensor:
-        flush = getattr(self, "flush__" + buffer_name(n))
-        if theta0.requires_grad:
-            return flush * theta0
-        cached = self._anchored.get(n)
-        fresh = cached is not None and cached[0] is theta0 and cached[1] == theta0._version
-        if not fresh or cached[2].device != flush.device:
-            cached = (theta0, theta0._version, flush * theta0)
-            self._anchored[n] = cached
-        return cached[2]
-
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
         flush = krause_flush(rms, self.decay_norm, self.lam)
         self.register_buffer("keep__" + buffer_name(n), 1.0 - flush, persistent=False)

@@ -31,6 +31,7 @@ class StatsRule(nn.Module):
         self.mean_rms = stats.mean_rms
         self.mean_v = stats.mean_v
         self.decay_norm = stats.decay_norm
+        self._anchored = {}  # name -> (θ0 tensor, its version, flush·θ0): see `anchored`
         for n in self.names:
             rms = stats.v[n].sqrt()
             # Derived from the statistics, which the checkpoint stores: not part of φ's state dict.
@@ -42,6 +43,19 @@ class StatsRule(nn.Module):
 
     def rms(self, n: str) -> Tensor:
         return getattr(self, "rms__" + buffer_name(n))
+
+    def anchored(self, n: str, theta0: Tensor) -> Tensor:
+        """flush·θ0 for a rule with a `flush__` buffer: computed once while θ0 is the same unchanged tensor
+        (evaluation), every time when θ0 is trained (meta.train_static)."""
+        flush = getattr(self, "flush__" + buffer_name(n))
+        if theta0.requires_grad:
+            return flush * theta0
+        cached = self._anchored.get(n)
+        fresh = cached is not None and cached[0] is theta0 and cached[1] == theta0._version
+        if not fresh or cached[2].device != flush.device:
+            cached = (theta0, theta0._version, flush * theta0)
+            self._anchored[n] = cached
+        return cached[2]
 
     def init_learner_state(self, fast: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         return {}
