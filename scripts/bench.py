@@ -572,7 +572,7 @@ def fig_dyneval(s: Sizes, device, quick: bool) -> dict:
     ids = data.valid.ids[: s.eval_tokens]
     fns = {"static": lambda: read_stream(model, ids, eos, cfg.data.eval_bptt)}
     for label, (rule, names) in rules.items():
-        fns[label] = (lambda r, nm: lambda: read_stream(model, ids, eos, L, rule=r, names=nm))(rule, names)
+        fns[label] = functools.partial(read_stream, model, ids, eos, L, rule=rule, names=names)
     times = interleaved(fns, max(3, s.reps - 2), s.warmup, device)
     n = ids.numel()
     bandwidth = copy_bandwidth(device)
@@ -584,9 +584,8 @@ def fig_dyneval(s: Sizes, device, quick: bool) -> dict:
     starts = stream_starts(arts, more.numel(), min(s.streams, len(arts)))
     multi = {}
     for label, (rule, names) in rules.items():
-        multi[label + "_one"] = (lambda r, nm: lambda: read_stream(model, more, eos, L, rule=r, names=nm))(rule, names)
-        multi[label + "_many"] = (lambda r, nm: lambda: read_stream(model, more, eos, L, rule=r, names=nm,
-                                                                    starts=starts))(rule, names)
+        multi[label + "_one"] = functools.partial(read_stream, model, more, eos, L, rule=rule, names=names)
+        multi[label + "_many"] = functools.partial(multi[label + "_one"], starts=starts)
     mt = interleaved(multi, max(3, s.reps - 4), s.warmup, device)
     return emit(
         "dyneval", paired_ratio(times, "all", "static"), s, quick, device,
