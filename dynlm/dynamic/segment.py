@@ -3,6 +3,8 @@
 The loss of every token is computed with the weights θ_s *before* the update that sees that token; the
 update then uses the segment's gradient g_s = ∂ℓ_s/∂θ_s. Used by meta-training (graph kept to φ), by the
 reading loop of evaluation (no graph kept); `segment_losses` alone reads a segment with swapped-in weights.
+Without a graph, a rule that takes a `TableGradient` (`rule.takes_table_gradient`) gets the adapting tied table's
+gradient in factored form, never formed in full (`table_gradient.py`).
 """
 from __future__ import annotations
 
@@ -16,11 +18,19 @@ from torch.utils.checkpoint import checkpoint
 from ..model import LMState, detach_state, token_nll
 from .fast_weights import requiring_grad
 from .reading_state import ReadingState
+from .table_gradient import TableGradient
 
 
 def _read(model: nn.Module, fast: Mapping[str, Tensor], lm_state: LMState, x: Tensor, y: Tensor):
     out = functional_call(model, dict(fast), (x, lm_state))
     return token_nll(out.logits, y), out.state
+
+
+def _mean_over(nll: Tensor, mask: Optional[Tensor]) -> Tensor:
+    if mask is None:
+        return nll.mean(0)
+    m = mask.to(nll.dtype)
+    return (nll * m).sum(0) / m.sum(0).clamp(min=1.0)
 
 
 def segment_losses(
@@ -43,10 +53,29 @@ def segment_losses(
         nll, state = checkpoint(_read, model, fast, lm_state, x, y, use_reentrant=False)
     else:
         nll, state = _read(model, fast, lm_state, x, y)
-    if mask is None:
-        return nll.mean(0), nll, state
-    m = mask.to(nll.dtype)
-    return (nll * m).sum(0) / m.sum(0).clamp(min=1.0), nll, state
+    return _mean_over(nll, mask), nll, state
+
+
+def _table_name(model: nn.Module, rule: nn.Module, fast: Mapping[str, Tensor]) -> Optional[str]:
+    """The tied table's name when it adapts per stream and `rule` takes its gradient factored; else None."""
+    name = getattr(model, "TIED_TABLE", None)
+    if getattr(rule, "takes_table_gradient", False) and name in fast and fast[name].dim() == 3:
+        return name
+    return None
+
+
+def _gradients_factored(model, fast, lm_state, x, y, mask, table: str):
+    """Losses, state and gradients with the table's as a `TableGradient`: the decoder reads the table detached
+    and autograd stops at the logits and at the looked-up rows."""
+    with torch.enable_grad():
+        out = functional_call(model, dict(fast), (x, lm_state), {"detach_decoder_table": True})
+        nll = token_nll(out.logits, y)
+        seg_loss = _mean_over(nll, mask)
+        rest = [n for n in fast if n != table]
+        found = torch.autograd.grad(seg_loss.sum(), [fast[n] for n in rest] + [out.embedded, out.logits])
+    grads = dict(zip(rest, found))
+    grads[table] = TableGradient(found[-1], out.last_dropped.detach(), x, found[-2])
+    return seg_loss, nll, out.state, {n: grads[n] for n in fast}
 
 
 def adapt_segment(
@@ -68,12 +97,16 @@ def adapt_segment(
     otherwise g_s is treated as data (first-order meta-learning). `mask`: see `segment_losses`.
     """
     fast = requiring_grad(state.fast)
-    with torch.enable_grad():
-        seg_loss, nll, lm_state = segment_losses(model, fast, state.lm, x, y, use_checkpoint, mask)
-        grads = torch.autograd.grad(
-            seg_loss.sum(), list(fast.values()), retain_graph=keep_graph, create_graph=second_order
-        )
-    grads = {n: (g if second_order else g.detach()) for n, g in zip(fast, grads)}
+    table = None if keep_graph else _table_name(model, rule, fast)
+    if table is not None:
+        seg_loss, nll, lm_state, grads = _gradients_factored(model, fast, state.lm, x, y, mask, table)
+    else:
+        with torch.enable_grad():
+            seg_loss, nll, lm_state = segment_losses(model, fast, state.lm, x, y, use_checkpoint, mask)
+            found = torch.autograd.grad(
+                seg_loss.sum(), list(fast.values()), retain_graph=keep_graph, create_graph=second_order
+            )
+        grads = {n: (g if second_order else g.detach()) for n, g in zip(fast, found)}
     if keep_graph:
         new_fast, learner, diag = rule(fast, grads, theta0, seg_loss.detach(), state.learner)
         return seg_loss, nll, ReadingState(lm_state, new_fast, learner), diag

@@ -24,7 +24,8 @@ class LMOutput(NamedTuple):
     logits: Tensor  # [T, B, V]
     state: LMState  # per layer (h, c)
     last_raw: Tensor  # last layer's output before output dropout [T, B, E] (for TAR)
-    last_dropped: Tensor  # after output dropout (for AR)
+    last_dropped: Tensor  # after output dropout (for AR); the decoder's input
+    embedded: Tensor  # the looked-up rows [T, B, E], before embedding dropout
 
 
 class LSTMWeights(nn.Module):
@@ -131,6 +132,8 @@ def decode(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 class AWDLSTM(nn.Module):
+    TIED_TABLE = "embedding.weight"  # the one parameter both the lookup and the decoder read
+
     def __init__(
         self,
         vocab_size: int,
@@ -172,11 +175,16 @@ class AWDLSTM(nn.Module):
             for h in self.layer_sizes()
         ]
 
-    def forward(self, tokens: Tensor, state: LMState) -> LMOutput:
-        """Read `tokens [T, B]` from `state`; dropout is on in `train()` mode only."""
+    def forward(self, tokens: Tensor, state: LMState, detach_decoder_table: bool = False) -> LMOutput:
+        """Read `tokens [T, B]` from `state`; dropout is on in `train()` mode only.
+
+        `detach_decoder_table`: the decoder reads the tied table without a path back to it, so autograd never forms
+        the table's dense gradient; a caller that wants it assembles it from ∂logits, `last_dropped` and the
+        gradient of `embedded` (`dynamic/table_gradient.py`).
+        """
         training = self.training
         table = self.embedding.weight
-        x = embed(tokens, table)
+        x = embedded = embed(tokens, table)
         if training and self.dropoute > 0:
             rows = embedding_row_mask(self.vocab_size, self.dropoute, table)
             x = x * rows[tokens]
@@ -190,8 +198,8 @@ class AWDLSTM(nn.Module):
                 x = locked_dropout(x, self.dropouth, training)
         raw = x
         dropped = locked_dropout(raw, self.dropout, training)
-        logits = decode(dropped, table, self.decoder_bias)
-        return LMOutput(logits, new_state, raw, dropped)
+        logits = decode(dropped, table.detach() if detach_decoder_table else table, self.decoder_bias)
+        return LMOutput(logits, new_state, raw, dropped, embedded)
 
 
 def detach_state(state: LMState) -> LMState:

@@ -1,0 +1,151 @@
+"""The adapting tied table's gradient in factored form, and the blockwise Krause step that consumes it."""
+import pytest
+import torch
+from torch.func import functional_call
+
+from dynlm.dynamic.cheap_learner import ContextRule
+from dynlm.dynamic.fast_weights import per_stream, select_dynamic
+from dynlm.dynamic.reading import read_stream
+from dynlm.dynamic.reading_state import fresh_state
+from dynlm.dynamic.rules import DynEvalRule
+from dynlm.dynamic.segment import adapt_segment
+from dynlm.dynamic import table_gradient
+from dynlm.dynamic.table_gradient import TableGradient, krause_table_step
+from dynlm.model import static_weights, token_nll
+
+from dynamic_helpers import VOCAB, random_stats, tiny_model
+
+TABLE = "embedding.weight"
+
+
+def _segment(streams: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, VOCAB, (5, streams), generator=g)
+    x[3] = x[0]  # a row looked up twice in each stream: its lookup gradients add up
+    return x, torch.randint(0, VOCAB, (5, streams), generator=g)
+
+
+def test_factored_table_gradient_is_autograds_dense_one():
+    model = tiny_model(torch.float64).eval()
+    x, y = _segment(streams=3)
+    fast = {n: t.detach().clone().requires_grad_() for n, t in per_stream(static_weights(model, [TABLE]), 3).items()}
+    loss = token_nll(functional_call(model, fast, (x, model.init_state(3))).logits, y).mean(0).sum()
+    (expected,) = torch.autograd.grad(loss, [fast[TABLE]])
+
+    out = functional_call(model, fast, (x, model.init_state(3)), {"detach_decoder_table": True})
+    d_embedded, d_logits = torch.autograd.grad(token_nll(out.logits, y).mean(0).sum(), [out.embedded, out.logits])
+    grad = TableGradient(d_logits, out.last_dropped.detach(), x, d_embedded)
+    torch.testing.assert_close(grad.dense(), expected, rtol=1e-12, atol=1e-14)
+    # the decoder's part of a block of rows is that block of the whole (lookup rows aside)
+    decoder_only = TableGradient(d_logits, out.last_dropped.detach(), x, torch.zeros_like(d_embedded)).dense()
+    torch.testing.assert_close(grad.decoder_rows(7, 19), decoder_only[:, 7:19])
+
+
+def test_blockwise_step_is_the_dense_step_whatever_the_block():
+    torch.manual_seed(0)
+    streams, rows, width = 2, VOCAB, 6
+    theta = torch.randn(streams, rows, width, dtype=torch.float64)
+    flush, anchored, gain = (torch.rand(rows, width, dtype=torch.float64) for _ in range(3))
+    s_decay, s_step = torch.rand(streams, dtype=torch.float64) + 0.5, torch.rand(streams, dtype=torch.float64) + 0.5
+    scaled = s_decay.view(-1, 1, 1), s_step.view(-1, 1, 1)
+    x = torch.randint(0, rows, (5, streams))
+    x[4] = x[1]
+    grad = TableGradient(torch.randn(5, streams, rows, dtype=torch.float64), torch.randn(5, streams, width,
+                         dtype=torch.float64), x, torch.randn(5, streams, width, dtype=torch.float64))
+    expected = (1 - flush) * theta + anchored - gain * grad.dense()  # Krause's step
+    for block in (1, 4, 7, rows, 100):
+        torch.testing.assert_close(krause_table_step(theta, flush, anchored, gain, grad, block_rows=block), expected)
+    # scaled per stream (the cheap learned rule)
+    torch.testing.assert_close(
+        krause_table_step(theta, flush, anchored, gain, grad, s_decay, s_step, block_rows=7),
+        theta + scaled[0] * (anchored - flush * theta) - scaled[1] * gain * grad.dense())
+    # from a broadcast view of θ0 (a stream's first segment), into a tensor of its own
+    view = theta[0].unsqueeze(0).expand(streams, rows, width)
+    torch.testing.assert_close(krause_table_step(view, flush, anchored, gain, grad, block_rows=5),
+                               (1 - flush) * view + anchored - gain * grad.dense())
+    # its norm, from the factors
+    torch.testing.assert_close(grad.norms(), torch.linalg.vector_norm(grad.dense().flatten(1), dim=1))
+
+
+def _rule_pair(kind, names, stats):
+    """The rule, and the same rule on the reference path in which autograd forms the table's whole gradient."""
+    kwargs = dict(lr=0.05, lam=0.02, eps=1e-3, update=0.5)
+    base = DynEvalRule if kind == "dyneval" else ContextRule
+    dense = type("Dense" + base.__name__, (base,), {"takes_table_gradient": False})
+    rules = base(names, stats, **kwargs).double(), dense(names, stats, **kwargs).double()
+    if kind == "cheap":  # a learned rule away from its dyneval start: scales differ per tensor and stream
+        for rule in rules:
+            with torch.no_grad():
+                rule.weight.copy_(0.3 * torch.randn(rule.weight.shape, generator=torch.Generator().manual_seed(5)))
+                rule.bias.fill_(0.1)
+    return rules
+
+
+@pytest.mark.parametrize("kind", ["dyneval", "cheap"])
+def test_reading_with_the_factored_gradient_equals_the_dense_path(kind):
+    """Every parameter adapting, three streams of unequal length (padded segments), several segments: the
+    scores and the final weights agree with the path in which autograd forms the table's whole gradient."""
+    model = tiny_model(torch.float64).eval()
+    names = select_dynamic(model, ["*"])
+    stats = random_stats(model, names)
+    ids = torch.randint(0, VOCAB, (61,), generator=torch.Generator().manual_seed(3))
+    fast_rule, dense_rule = _rule_pair(kind, names, stats)
+    assert fast_rule.takes_table_gradient and not dense_rule.takes_table_gradient
+    got = read_stream(model, ids, 0, 5, rule=fast_rule, names=names, starts=[0, 17, 40])
+    want = read_stream(model, ids, 0, 5, rule=dense_rule, names=names, starts=[0, 17, 40])
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    static = read_stream(model, ids, 0, 5)
+    assert not torch.allclose(got, static)  # the table did adapt
+
+    theta0 = static_weights(model, names)
+    states = [fresh_state(model, theta0, 2, rule.init_learner_state({n: t.unsqueeze(0) for n, t in theta0.items()}))
+              for rule in (fast_rule, dense_rule)]
+    x, y = _segment(streams=2, seed=4)
+    for _ in range(2):
+        (_, _, states[0], _), (_, _, states[1], _) = (
+            adapt_segment(model, rule, s, theta0, x, y) for rule, s in zip((fast_rule, dense_rule), states))
+    for n in names:
+        torch.testing.assert_close(states[0].fast[n], states[1].fast[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def _random_step_inputs(streams=2, rows=VOCAB, width=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(streams, rows, width, generator=g)
+    flush, anchored, gain = (torch.rand(rows, width, generator=g) for _ in range(3))
+    x = torch.randint(0, rows, (5, streams), generator=g)
+    grad = TableGradient(torch.randn(5, streams, rows, generator=g), torch.randn(5, streams, width, generator=g),
+                         x, torch.randn(5, streams, width, generator=g))
+    return theta, flush, anchored, gain, grad
+
+
+@pytest.mark.slow
+def test_the_compiled_step_is_the_blockwise_step():
+    """The kernel `torch.compile` makes of the formula (what a large table takes) agrees with the blocks,
+    segment lengths changing as at the end of an article."""
+    for seed in range(2):
+        theta, flush, anchored, gain, grad = _random_step_inputs(seed=seed)
+        s_step = torch.rand(2) + 0.5
+        if seed:
+            grad = TableGradient(grad.d_logits[:2], grad.hidden[:2], grad.tokens[:2], grad.d_embedded[:2])
+        compiled = krause_table_step(theta, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
+        assert not table_gradient._compiled["failed"], "torch.compile failed here: the blocks were used"
+        torch.testing.assert_close(compiled, krause_table_step(theta, flush, anchored, gain, grad, s_step=s_step,
+                                                               compile_min=10**9))
+
+
+def test_a_failed_compile_falls_back_to_the_blocks(monkeypatch):
+    def no_compiler(fn):
+        def fails(*args):
+            raise RuntimeError("no C++ compiler")
+        return fails
+
+    monkeypatch.setattr(table_gradient.torch, "compile", no_compiler)
+    monkeypatch.setitem(table_gradient._compiled, "step", None)
+    monkeypatch.setitem(table_gradient._compiled, "failed", False)
+    theta, flush, anchored, gain, grad = _random_step_inputs()
+    warned = []
+    monkeypatch.setattr(table_gradient.log, "warning", lambda msg, *args: warned.append(msg % args))
+    got = krause_table_step(theta, flush, anchored, gain, grad, compile_min=0)
+    assert any("compiled table update is unavailable (RuntimeError: no C++ compiler)" in w for w in warned)
+    assert table_gradient._compiled["failed"]
+    torch.testing.assert_close(got, (1 - flush) * theta + anchored - gain * grad.dense())
