@@ -129,8 +129,34 @@ def test_the_compiled_step_is_the_blockwise_step():
             grad = TableGradient(grad.d_logits[:2], grad.hidden[:2], grad.tokens[:2], grad.d_embedded[:2])
         compiled = krause_table_step(theta, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
         assert not table_gradient._compiled["failed"], "torch.compile failed here: the blocks were used"
-        torch.testing.assert_close(compiled, krause_table_step(theta, flush, anchored, gain, grad, s_step=s_step,
-                                                               compile_min=10**9))
+        blocks = krause_table_step(theta, flush, anchored, gain, grad, s_step=s_step, compile_min=10**9)
+        torch.testing.assert_close(compiled, blocks)
+        # where the caller gives θ up, the compiled kernel writes θ' into θ's memory
+        own = theta.clone()
+        grad.overwrite = True
+        into = krause_table_step(own, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
+        assert into.data_ptr() == own.data_ptr()
+        torch.testing.assert_close(into, blocks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dyneval", "cheap"])
+def test_reading_through_the_compiled_kernel_leaves_the_static_weights_alone(kind, monkeypatch):
+    """With the compiled kernel writing each new table into the old one's memory (a tiny table made to take
+    it), reading equals the dense path, and the model's own table (θ0) is bit-identical afterwards."""
+    monkeypatch.setattr(table_gradient, "COMPILE_MIN_ELEMENTS", 0)
+    model = tiny_model(torch.float64).eval()
+    names = select_dynamic(model, ["*"])
+    before = {n: t.detach().clone() for n, t in model.named_parameters()}
+    fast_rule, dense_rule = _rule_pair(kind, names, random_stats(model, names))
+    ids = torch.randint(0, VOCAB, (43,), generator=torch.Generator().manual_seed(6))
+    for starts in ([0], [0, 20]):
+        got = read_stream(model, ids, 0, 5, rule=fast_rule, names=names, starts=starts)
+        assert not table_gradient._compiled["failed"]
+        torch.testing.assert_close(got, read_stream(model, ids, 0, 5, rule=dense_rule, names=names, starts=starts),
+                                   rtol=1e-10, atol=1e-12)
+    for n, t in model.named_parameters():
+        assert torch.equal(t, before[n]), n
 
 
 def test_a_failed_compile_falls_back_to_the_blocks(monkeypatch):
@@ -140,8 +166,7 @@ def test_a_failed_compile_falls_back_to_the_blocks(monkeypatch):
         return fails
 
     monkeypatch.setattr(table_gradient.torch, "compile", no_compiler)
-    monkeypatch.setitem(table_gradient._compiled, "step", None)
-    monkeypatch.setitem(table_gradient._compiled, "failed", False)
+    monkeypatch.setattr(table_gradient, "_compiled", {"failed": False})
     theta, flush, anchored, gain, grad = _random_step_inputs()
     warned = []
     monkeypatch.setattr(table_gradient.log, "warning", lambda msg, *args: warned.append(msg % args))

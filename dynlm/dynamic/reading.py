@@ -119,7 +119,8 @@ def read_stream(
             if rule is None:
                 nll, state = _static_segment(model, weights, state, x, y)
             else:
-                _, nll, state, _ = adapt_segment(model, rule, state, theta0, x, y, mask=None if full else mask)
+                _, nll, state, _ = adapt_segment(model, rule, state, theta0, x, y, mask=None if full else mask,
+                                                 reuse_weights=True)
             nll = nll.float().cpu()
             for b, seg in enumerate(segs):
                 if seg is not None:

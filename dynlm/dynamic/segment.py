@@ -64,7 +64,7 @@ def _table_name(model: nn.Module, rule: nn.Module, fast: Mapping[str, Tensor]) -
     return None
 
 
-def _gradients_factored(model, fast, lm_state, x, y, mask, table: str):
+def _gradients_factored(model, fast, lm_state, x, y, mask, table: str, overwrite: bool):
     """Losses, state and gradients with the table's as a `TableGradient`: the decoder reads the table detached
     and autograd stops at the logits and at the looked-up rows."""
     with torch.enable_grad():
@@ -74,7 +74,7 @@ def _gradients_factored(model, fast, lm_state, x, y, mask, table: str):
         rest = [n for n in fast if n != table]
         found = torch.autograd.grad(seg_loss.sum(), [fast[n] for n in rest] + [out.embedded, out.logits])
     grads = dict(zip(rest, found))
-    grads[table] = TableGradient(found[-1], out.last_dropped.detach(), x, found[-2])
+    grads[table] = TableGradient(found[-1], out.last_dropped.detach(), x, found[-2], overwrite=overwrite)
     return seg_loss, nll, out.state, {n: grads[n] for n in fast}
 
 
@@ -89,17 +89,23 @@ def adapt_segment(
     second_order: bool = False,
     use_checkpoint: bool = False,
     mask: Optional[Tensor] = None,
+    reuse_weights: bool = False,
 ) -> Tuple[Tensor, Tensor, ReadingState, Dict[str, Tensor]]:
     """Returns the per-stream segment loss `[B]`, the per-token NLL `[L, B]`, the next state, diagnostics.
 
     `keep_graph`: the losses and the new state stay differentiable w.r.t. φ (and θ0) for meta-training.
     `second_order`: g_s itself stays differentiable (Hessian-vector products in the meta-gradient);
     otherwise g_s is treated as data (first-order meta-learning). `mask`: see `segment_losses`.
+    `reuse_weights`: the caller gives up `state.fast` (a reading loop that only carries the new state on): the
+    factored table step may write the new table into the old one's memory (a copy of θ0's is made first).
     """
     fast = requiring_grad(state.fast)
     table = None if keep_graph else _table_name(model, rule, fast)
     if table is not None:
-        seg_loss, nll, lm_state, grads = _gradients_factored(model, fast, state.lm, x, y, mask, table)
+        if reuse_weights and fast[table].untyped_storage().data_ptr() == theta0[table].untyped_storage().data_ptr():
+            fast[table] = fast[table].detach().clone().requires_grad_()  # still θ0's memory: never written
+        seg_loss, nll, lm_state, grads = _gradients_factored(model, fast, state.lm, x, y, mask, table,
+                                                             overwrite=reuse_weights)
     else:
         with torch.enable_grad():
             seg_loss, nll, lm_state = segment_losses(model, fast, state.lm, x, y, use_checkpoint, mask)

@@ -41,11 +41,13 @@ COMPILE_MIN_ELEMENTS = 1 << 20
 class TableGradient:
     """∂loss/∂W of a per-stream table `[B, V, E]`, never formed in full unless `dense()` is asked for."""
 
-    def __init__(self, d_logits: Tensor, hidden: Tensor, tokens: Tensor, d_embedded: Tensor):
+    def __init__(self, d_logits: Tensor, hidden: Tensor, tokens: Tensor, d_embedded: Tensor, overwrite: bool = False):
         self.d_logits = d_logits  # [L, B, V]
         self.hidden = hidden  # [L, B, E]: the decoder's input
         self.tokens = tokens  # [L, B]: the rows looked up
         self.d_embedded = d_embedded  # [L, B, E]: the gradient of the looked-up rows
+        # the step may write θ' into θ's memory: θ is a contiguous tensor of its own that nobody reads afterwards
+        self.overwrite = overwrite
         self._d = d_logits.permute(1, 2, 0).contiguous()  # [B, V, L]
         self._h = hidden.transpose(0, 1)  # [B, L, E]
         self._delta = d_embedded.transpose(0, 1)  # [B, L, E]
@@ -104,18 +106,26 @@ def _fused_step(theta: Tensor, flush: Tensor, anchored: Tensor, gain: Tensor, d:
     return theta + s_decay * (anchored - flush * theta) - s_step * gain * g
 
 
-_compiled = {"step": None, "failed": False}
+def _fused_step_into(theta: Tensor, *args: Tensor) -> Tensor:
+    """`_fused_step` written into θ's own memory: the kernel reads each coordinate and writes it back, where a new
+    tensor's lines would first be read in (about a pass less)."""
+    return theta.copy_(_fused_step(theta, *args))
+
+
+_compiled = {"failed": False}
 
 
 def _decoder_step(theta, flush, anchored, gain, grad: TableGradient, s_decay, s_step, block_rows: int,
                   compile_min: int) -> Tensor:
-    """The decoder's part of the step: compiled for a large table (once compiling has not failed), else blocks."""
+    """The decoder's part of the step: compiled for a large table (once compiling has not failed), into θ where
+    `grad.overwrite` allows it; else blocks, into a new tensor."""
     args = (theta, flush, anchored, gain, grad._d, grad._h, s_decay, s_step)
     if flush.numel() >= compile_min and not _compiled["failed"]:
-        if _compiled["step"] is None:
-            _compiled["step"] = torch.compile(_fused_step)
+        fn = _fused_step_into if grad.overwrite else _fused_step
+        if fn.__name__ not in _compiled:
+            _compiled[fn.__name__] = torch.compile(fn)
         try:
-            return _compiled["step"](*args)
+            return _compiled[fn.__name__](*args)
         except Exception as err:  # e.g. no C++ compiler: the blocks compute the same
             _compiled["failed"] = True
             log.warning("the compiled table update is unavailable (%s: %s); updating block by block",
@@ -125,12 +135,15 @@ def _decoder_step(theta, flush, anchored, gain, grad: TableGradient, s_decay, s_
 
 def krause_table_step(theta: Tensor, flush: Tensor, anchored: Tensor, gain: Tensor, grad: TableGradient,
                       s_decay: Optional[Tensor] = None, s_step: Optional[Tensor] = None,
-                      block_rows: int = BLOCK_ROWS, compile_min: int = COMPILE_MIN_ELEMENTS) -> Tensor:
+                      block_rows: int = BLOCK_ROWS, compile_min: Optional[int] = None) -> Tensor:
     """θ + s_decay · (anchored − flush ⊙ θ) − s_step · gain ⊙ G for a per-stream table `θ [B, V, E]` (a
     broadcast view is fine), the rule's per-coordinate constants `[V, E]` (anchored = flush ⊙ θ0) and per-stream
-    scales `s_* [B]` (None: 1, Krause's step), into a new tensor; G stays factored (see the module's docstring).
-    The decoder's part is taken by the compiled kernel for tables of at least `compile_min` elements, else in
-    blocks of `block_rows` rows; the lookup rows' part is then subtracted on those rows."""
+    scales `s_* [B]` (None: 1, Krause's step), into a new tensor or, where `grad.overwrite`, possibly into θ; G
+    stays factored (see the module's docstring).
+    The decoder's part is taken by the compiled kernel for tables of at least `compile_min` elements (default
+    `COMPILE_MIN_ELEMENTS`), else in blocks of `block_rows` rows; the lookup rows' part is then subtracted on
+    those rows."""
+    compile_min = COMPILE_MIN_ELEMENTS if compile_min is None else compile_min
     ones = torch.ones(grad.shape[0], dtype=theta.dtype, device=theta.device)
     s_decay = (ones if s_decay is None else s_decay).view(-1, 1, 1)
     s_step = (ones if s_step is None else s_step).view(-1, 1, 1)
