@@ -125,7 +125,9 @@ def decode(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     if rows_per_table <= SKINNY_ROWS and not (shared and weight.requires_grad):
         logits = _SkinnyDecode.apply(h, weight)
     elif weight.dim() == 2:
-        return F.linear(h, weight, bias)
+        # as one [T·B, E] matrix: F.linear of a non-contiguous 3-d `h` (per-stream LSTM output) is a bmm against the
+        # table broadcast per stream, which reads it B times
+        return F.linear(h.reshape(-1, h.shape[-1]), weight, bias).view(*h.shape[:-1], -1)
     else:
         logits = torch.einsum("tbe,bve->tbv", h, weight)
     return logits + (bias.unsqueeze(0) if bias.dim() == 2 else bias)
