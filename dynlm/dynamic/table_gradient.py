@@ -1,4 +1,4 @@
-"""The tied table's gradient in factored form, and Krause's update applied to it one block of rows at a time.
+"""The tied table's gradient in factored form, and Krause's update applied to it without ever forming it.
 
 For a segment of L tokens in B streams, the gradient of the tied `[B, V, E]` table is, per stream b,
 
@@ -7,8 +7,8 @@ For a segment of L tokens in B streams, the gradient of the tied `[B, V, E]` tab
 with D_b = ∂loss/∂logits `[L, V]`, H_b the decoder's input `[L, E]`, x_tb the looked-up rows and δ_tb their
 gradients. Formed densely (autograd), G is written to memory, read back by the update, and the sparse lookup part
 is added to it out of place: with the update's own passes, about 14 passes over the 26.6 MB table of
-`model=small` per segment where 8 suffice. Here the update consumes D_bᵀ H_b block by block while the block is in
-cache, then subtracts the lookup part on its few rows. The step is Krause's, scaled per stream by the cheap learned
+`model=small` per segment where 8 suffice. Here the update consumes D_bᵀ H_b as it goes (inside one compiled kernel,
+or block by block while the block is in cache), then subtracts the lookup part on its few rows. The step is Krause's, scaled per stream by the cheap learned
 rule (s = 1: dynamic evaluation):
 
     θ'[rows] = θ[rows] + s_decay · (flush·θ0 − flush ⊙ θ)[rows] − s_step · gain ⊙ (D[:, rows]ᵀ H)
@@ -30,8 +30,8 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-# Rows of the table per block: large enough that the Python loop costs little (V / BLOCK_ROWS blocks of three ops
-# each), small enough that the block's gradient and new weights stay in cache between the three ops.
+# Rows of the table per block: large enough that the Python loop costs little (V / BLOCK_ROWS blocks of four ops
+# each), small enough that the block's gradient and new weights stay in cache between the ops.
 BLOCK_ROWS = 512
 # Tables of at least this many elements per stream take the compiled step (a few seconds to compile, once per
 # shape, against milliseconds saved per segment); smaller ones, e.g. the tests' tiny models, the blocks.
