@@ -1,6 +1,7 @@
 """The adapting tied table's gradient in factored form, and the blockwise Krause step that consumes it."""
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from torch.func import functional_call
 
 from dynlm.dynamic.cheap_learner import ContextRule
@@ -11,7 +12,7 @@ from dynlm.dynamic.rules import DynEvalRule
 from dynlm.dynamic.segment import adapt_segment
 from dynlm.dynamic import table_gradient
 from dynlm.dynamic.table_gradient import TableGradient, krause_table_step
-from dynlm.model import static_weights, token_nll
+from dynlm.model import AWDLSTM, static_weights, token_nll
 
 from dynamic_helpers import VOCAB, random_stats, tiny_model
 
@@ -108,6 +109,40 @@ def test_reading_with_the_factored_gradient_equals_the_dense_path(kind):
         torch.testing.assert_close(states[0].fast[n], states[1].fast[n], rtol=1e-10, atol=1e-12, msg=n)
 
 
+@pytest.mark.parametrize("kind", ["dyneval", "cheap"])
+def test_the_factored_gradient_in_training_mode_with_long_padded_segments(kind):
+    """ES reads its windows without a graph in training mode (dropout, embedding dropout, DropConnect), so the
+    factored path serves them too; segments of more than the skinny decoder's 8 rows take the einsum decoder,
+    and a stream whose segment is cut short is padded."""
+    torch.manual_seed(0)
+    model = AWDLSTM(VOCAB, 6, 8, 2, dropout=0.1, dropouth=0.1, dropouti=0.1, dropoute=0.1, wdrop=0.1)
+    model = model.double().train()
+    names = select_dynamic(model, ["*"])
+    fast_rule, dense_rule = _rule_pair(kind, names, random_stats(model, names))
+    theta0 = static_weights(model, names)
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randint(0, VOCAB, (11, 3), generator=g), torch.randint(0, VOCAB, (11, 3), generator=g)
+    x[5] = x[0]
+    mask = torch.ones(11, 3, dtype=torch.bool)
+    mask[8:, 1] = False
+    states = [fresh_state(model, theta0, 3, rule.init_learner_state({n: t.unsqueeze(0) for n, t in theta0.items()}))
+              for rule in (fast_rule, dense_rule)]
+    for step in range(2):
+        outs = []
+        for rule, state in zip((fast_rule, dense_rule), states):
+            torch.manual_seed(100 + step)  # the same dropout masks on both paths
+            outs.append(adapt_segment(model, rule, state, theta0, x, y, mask=mask))
+        torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-10, atol=1e-12)
+        states = [out[2] for out in outs]
+        for n in names:
+            torch.testing.assert_close(states[0].fast[n], states[1].fast[n], rtol=1e-10, atol=1e-12, msg=n)
+    torch.manual_seed(999)  # other masks: dropout is on
+    other = adapt_segment(model, fast_rule, states[0], theta0, x, y, mask=mask)
+    torch.manual_seed(100)
+    same = adapt_segment(model, fast_rule, states[0], theta0, x, y, mask=mask)
+    assert not torch.allclose(other[1], same[1])
+
+
 def _random_step_inputs(streams=2, rows=VOCAB, width=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(streams, rows, width, generator=g)
@@ -119,9 +154,12 @@ def _random_step_inputs(streams=2, rows=VOCAB, width=6, seed=0):
 
 
 @pytest.mark.slow
-def test_the_compiled_step_is_the_blockwise_step():
+def test_the_compiled_step_is_the_blockwise_step(monkeypatch):
     """The kernel `torch.compile` makes of the formula (what a large table takes) agrees with the blocks,
     segment lengths changing as at the end of an article."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(table_gradient, "_compiled", {"failed": False})
+    graphs = counters["stats"]["unique_graphs"]
     for seed in range(2):
         theta, flush, anchored, gain, grad = _random_step_inputs(seed=seed)
         s_step = torch.rand(2) + 0.5
@@ -137,6 +175,16 @@ def test_the_compiled_step_is_the_blockwise_step():
         into = krause_table_step(own, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
         assert into.data_ptr() == own.data_ptr()
         torch.testing.assert_close(into, blocks)
+        # a broadcast view of θ0 (a stream's first segment) is never written into
+        view = theta[:1].expand_as(theta)
+        before = view.clone()
+        fresh = krause_table_step(view, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
+        assert torch.equal(view, before) and fresh.data_ptr() != view.data_ptr()
+        assert not table_gradient._compiled["failed"]
+        torch.testing.assert_close(fresh, krause_table_step(view, flush, anchored, gain, grad, s_step=s_step,
+                                                            compile_min=10**9))
+    # dynamo compiled graphs rather than quietly running the blocks eagerly
+    assert counters["stats"]["unique_graphs"] > graphs
 
 
 @pytest.mark.slow
@@ -150,11 +198,12 @@ def test_reading_through_the_compiled_kernel_leaves_the_static_weights_alone(kin
     before = {n: t.detach().clone() for n, t in model.named_parameters()}
     fast_rule, dense_rule = _rule_pair(kind, names, random_stats(model, names))
     ids = torch.randint(0, VOCAB, (43,), generator=torch.Generator().manual_seed(6))
-    for starts in ([0], [0, 20]):
-        got = read_stream(model, ids, 0, 5, rule=fast_rule, names=names, starts=starts)
+    # one stream, two, and resets (articles read independently: the table goes back to θ0 mid-stream)
+    for starts, restarts in (([0], None), ([0, 20], None), ([0, 20], [9, 20, 31])):
+        got = read_stream(model, ids, 0, 5, rule=fast_rule, names=names, starts=starts, restarts=restarts)
         assert not table_gradient._compiled["failed"]
-        torch.testing.assert_close(got, read_stream(model, ids, 0, 5, rule=dense_rule, names=names, starts=starts),
-                                   rtol=1e-10, atol=1e-12)
+        want = read_stream(model, ids, 0, 5, rule=dense_rule, names=names, starts=starts, restarts=restarts)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     for n, t in model.named_parameters():
         assert torch.equal(t, before[n]), n
 

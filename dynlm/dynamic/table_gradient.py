@@ -6,19 +6,23 @@ For a segment of L tokens in B streams, the gradient of the tied `[B, V, E]` tab
 
 with D_b = ∂loss/∂logits `[L, V]`, H_b the decoder's input `[L, E]`, x_tb the looked-up rows and δ_tb their
 gradients. Formed densely (autograd), G is written to memory, read back by the update, and the sparse lookup part
-is added to it out of place: with the update's own passes, about 14 passes over the 26.6 MB table of
-`model=small` per segment where 8 suffice. Here the update consumes D_bᵀ H_b as it goes (inside one compiled kernel,
-or block by block while the block is in cache), then subtracts the lookup part on its few rows. The step is Krause's, scaled per stream by the cheap learned
-rule (s = 1: dynamic evaluation):
+is added to it (out of place, a profile shows: into a copy of the dense part): with the update's own passes,
+about 14 passes over the 26.6 MB table of `model=small` per segment where 6 must be made (`scripts/bench.py`'s
+bound). Here the update consumes D_bᵀ H_b as it goes (inside one compiled kernel, or block by block while the
+block is in cache), then subtracts the lookup part on its few rows. The step is Krause's, scaled per stream by
+the cheap learned rule (s = 1: dynamic evaluation):
 
     θ'[rows] = θ[rows] + s_decay · (flush·θ0 − flush ⊙ θ)[rows] − s_step · gain ⊙ (D[:, rows]ᵀ H)
     θ'[x_t] −= s_step · gain[x_t] ⊙ δ_t
 
-so one segment reads the table twice (logits, ∂h) and the update reads θ, flush, flush·θ0, gain and writes θ'.
+so one segment reads the table twice (logits, ∂h) and the update reads θ, flush, flush·θ0, gain and writes θ':
+7 passes. (Reading rms alone and computing flush and gain in the kernel would make it 6, but measured slower:
+10.0 against 9.1 ms per step, one thread; the kernel is partly compute-bound.)
 For a large table the step is one kernel that `torch.compile` makes of the whole formula, the L-deep product
 summed in registers: about half the time of the blocks, whose 5-deep products run far below the machine's
-arithmetic speed (`model=small`, one thread: 9.5 against 19.9 ms per segment). Compiling takes seconds, once per
-shape; where it cannot be done (no C++ compiler), the blocks serve.
+arithmetic speed (`model=small`, one thread: 9.5 against 19.9 ms per segment). Compiling takes seconds, again
+when the segment length, the strides (a broadcast θ, in place or not) or the dtype change (after a second length
+dynamo compiles for any length); where it cannot be done (no C++ compiler), the blocks serve.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-# Rows of the table per block: large enough that the Python loop costs little (V / BLOCK_ROWS blocks of four ops
+# Rows of the table per block: large enough that the Python loop costs little (V / BLOCK_ROWS blocks of six ops
 # each), small enough that the block's gradient and new weights stay in cache between the ops.
 BLOCK_ROWS = 512
 # Tables of at least this many elements per stream take the compiled step (a few seconds to compile, once per
@@ -46,7 +50,7 @@ class TableGradient:
         self.hidden = hidden  # [L, B, E]: the decoder's input
         self.tokens = tokens  # [L, B]: the rows looked up
         self.d_embedded = d_embedded  # [L, B, E]: the gradient of the looked-up rows
-        # the step may write θ' into θ's memory: θ is a contiguous tensor of its own that nobody reads afterwards
+        # the step may write θ' into θ's memory: nobody reads θ afterwards (the step checks it is contiguous)
         self.overwrite = overwrite
         self._d = d_logits.permute(1, 2, 0).contiguous()  # [B, V, L]
         self._h = hidden.transpose(0, 1)  # [B, L, E]
@@ -121,11 +125,14 @@ def _decoder_step(theta, flush, anchored, gain, grad: TableGradient, s_decay, s_
     `grad.overwrite` allows it; else blocks, into a new tensor."""
     args = (theta, flush, anchored, gain, grad._d, grad._h, s_decay, s_step)
     if flush.numel() >= compile_min and not _compiled["failed"]:
-        fn = _fused_step_into if grad.overwrite else _fused_step
+        # a broadcast view of θ0 (a stream's first segment) or any other view is never written into
+        fn = _fused_step_into if grad.overwrite and theta.is_contiguous() else _fused_step
         if fn.__name__ not in _compiled:
             _compiled[fn.__name__] = torch.compile(fn)
         try:
             return _compiled[fn.__name__](*args)
+        except torch.OutOfMemoryError:
+            raise  # not the compiler's failure: the blocks would need more memory still
         except Exception as err:  # e.g. no C++ compiler: the blocks compute the same
             _compiled["failed"] = True
             log.warning("the compiled table update is unavailable (%s: %s); updating block by block",
