@@ -279,9 +279,13 @@ def stage2_setup(cfg: DictConfig, s: Sizes, data: SyntheticData, device, seed: i
     model = stage1_model(cfg, data, device, seed)
     names = select_dynamic(model, cfg.meta.dynamic)
     streams = MetaStreams(data.train, cfg.meta.batch_size, cfg.meta.seg_len)
-    # the path stage 2 and evaluation take; with no checkpoint and no cache it is the measurement itself
-    return model, names, streams, measured_stats(cfg, model, names, data.train,
-                                                 s.gradstat_batches * cfg.meta.gradstat_streams * cfg.meta.seg_len)
+    return model, names, streams, rule_stats(cfg, s, model, names, data)
+
+
+def rule_stats(cfg: DictConfig, s: Sizes, model, names, data: SyntheticData):
+    """The statistics the benchmarked rules read: `s.gradstat_batches` batches of train."""
+    tokens = s.gradstat_batches * cfg.meta.gradstat_streams * cfg.meta.seg_len
+    return measured_stats(cfg, model, names, data.train, tokens)
 
 
 def measured_stats(cfg: DictConfig, model, names, split: Split, tokens: int):
@@ -496,8 +500,7 @@ def fig_adaptive_eval(s: Sizes, device, quick: bool) -> dict:
     cheap = build_rule(cfg.meta, names, stats, name="cheap").to(device)
     dyneval = build_rule(cfg.meta, names, stats, name="dyneval").to(device)
     every = select_dynamic(model, ["*"])
-    tokens = s.gradstat_batches * cfg.meta.gradstat_streams * cfg.meta.seg_len
-    every_stats = measured_stats(cfg, model, every, data.train, tokens)
+    every_stats = rule_stats(cfg, s, model, every, data)
     cheap_all, dyneval_all = (build_rule(cfg.meta, every, every_stats, name=k).to(device) for k in ("cheap", "dyneval"))
     ids, eos, L = data.valid.ids[: s.eval_tokens], data.vocab.eos_id, cfg.meta.seg_len
     fns = {
@@ -582,7 +585,7 @@ def fig_dyneval(s: Sizes, device, quick: bool) -> dict:
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     for label, patterns in (("all", ["*"]), ("lstm", ["layers.*"])):
         names = select_dynamic(model, patterns)
-        stats = measured_stats(cfg, model, names, data.train, s.gradstat_batches * cfg.meta.gradstat_streams * L)
+        stats = rule_stats(cfg, s, model, names, data)
         rules[label] = (build_rule(cfg.meta, names, stats, name="dyneval").to(device), names)
         sizes[label] = sum(t.numel() * t.element_size() for t in static_weights(model, names).values())
         moved[label] = DYNEVAL_PASSES * sizes[label] + STATIC_PASSES * (total - sizes[label])  # bytes per segment

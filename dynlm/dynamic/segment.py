@@ -97,15 +97,15 @@ def adapt_segment(
     `second_order`: g_s itself stays differentiable (Hessian-vector products in the meta-gradient);
     otherwise g_s is treated as data (first-order meta-learning). `mask`: see `segment_losses`.
     `reuse_weights`: the caller gives up `state.fast` (a reading loop that only carries the new state on): the
-    factored table step may write the new table into the old one's memory (a copy of θ0's is made first).
+    factored table step may write the new table into the old one's memory (never into θ0's).
     """
     fast = requiring_grad(state.fast)
     table = None if keep_graph else _table_name(model, rule, fast)
     if table is not None:
-        if reuse_weights and fast[table].untyped_storage().data_ptr() == theta0[table].untyped_storage().data_ptr():
-            fast[table] = fast[table].detach().clone().requires_grad_()  # still θ0's memory: never written
+        # a table still in θ0's memory (a stream's first segment) is never written: its successor is a new tensor
+        in_theta0 = fast[table].untyped_storage().data_ptr() == theta0[table].untyped_storage().data_ptr()
         seg_loss, nll, lm_state, grads = _gradients_factored(model, fast, state.lm, x, y, mask, table,
-                                                             overwrite=reuse_weights)
+                                                             overwrite=reuse_weights and not in_theta0)
     else:
         with torch.enable_grad():
             seg_loss, nll, lm_state = segment_losses(model, fast, state.lm, x, y, use_checkpoint, mask)

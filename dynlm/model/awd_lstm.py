@@ -47,10 +47,10 @@ class _StreamLookup(torch.autograd.Function):
 
     Plain indexing returns a dense `[B, V, E]` gradient: a fill of the whole table and then a second pass to add
     it to the tied decoder's dense gradient, a third of all-parameter dynamic evaluation's time (model=small).
-    A sparse gradient is added to the decoder's row by row (a profile shows autograd still adding it out of place,
-    into a copy of the dense one, apparently because that one comes from a Python Function). Reading without a graph avoids both:
-    the table's gradient stays factored (`dynamic/table_gradient.py`). Under double backward (meta.second_order)
-    the dense, differentiable form is used.
+    A sparse gradient is added to the decoder's row by row (a profile shows autograd still adding it out of
+    place, into a copy of the dense one, apparently because that one comes from a Python Function). Reading
+    without a graph avoids both: the table's gradient stays factored (`dynamic/table_gradient.py`). Under double
+    backward (meta.second_order) the dense, differentiable form is used.
     """
 
     @staticmethod
