@@ -547,8 +547,8 @@ def copy_bandwidth(device, mb: int = 256, reps: int = 5) -> float:
 # Passes over the dynamic weights that one segment of dyneval must make: read θ in the forward pass, read it
 # again in the backward pass (∂h), then the update reads θ, θ0 and rms (from which flush and the step size follow)
 # and writes θ'. The gradient g need not be written and read back: it is a sum of L outer products that the
-# update can form as it goes (`dynlm/dynamic/table_gradient.py` does so for the tied table, whose step reads θ,
-# flush, flush·θ0 and gain: 7 passes; the LSTM matrices' g is formed: 9). The static weights are read twice
+# update can form as it goes (`dynlm/dynamic/factored_gradient.py` does so: for the tied table the step reads θ,
+# flush, flush·θ0 and gain, 7 passes in all, and for the LSTM matrices likewise, 7). The static weights are read twice
 # (forward, and backward for ∂h): with the LSTM weights only adapting, the 26.6 MB decoder table is most of the
 # bytes that must move.
 DYNEVAL_PASSES = 6

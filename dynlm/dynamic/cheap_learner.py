@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .gated_update import krause_flush
 from .rule_base import RuleOutput, StatsRule, buffer_name
-from .table_gradient import TableGradient, krause_table_step
+from .factored_gradient import FactoredGradient, krause_factored_step
 
 # The per-stream running context in the learner state: [segments since the last reset, EMA of segment losses].
 # ReadingState.reset zeroes it, so a count of 0 *is* the article-boundary signal.
@@ -44,9 +44,9 @@ def context_features(seg_loss: Tensor, context: Tensor) -> Tuple[Tensor, Tensor]
 
 def grad_norm_features(grads: Sequence[Tensor], log_scale: Tensor) -> Tensor:
     """`[B, tensors]` log(‖g_b‖ / sqrt(Σ v)) / 4: each tensor's gradient in this segment against the statistics'
-    typical one (one reduction per tensor; a factored `TableGradient` from its factors). Detached: context, not a
+    typical one (one reduction per tensor; a `FactoredGradient` from its factors). Detached: context, not a
     path for (second-order) meta-gradients."""
-    norms = torch.stack([g.norms() if isinstance(g, TableGradient) else
+    norms = torch.stack([g.norms() if isinstance(g, FactoredGradient) else
                          torch.linalg.vector_norm(g.detach().flatten(1), dim=1) for g in grads], dim=-1)
     return (torch.log(norms + 1e-30) - log_scale).clamp(-20.0, 20.0) / 4.0
 
@@ -76,9 +76,10 @@ def scaled_krause_read(theta: Tensor, anchored: Tensor, g: Tensor, gain: Tensor,
 
 class ContextRule(StatsRule):
     """Krause's rule whose step size and decay a tiny linear model scales per (tensor, stream), from context.
-    Reading without a graph, the adapting tied table's gradient comes factored (`krause_table_step`)."""
+    Reading without a graph, the gradients of the adapting tied table and LSTM matrices come factored
+    (`krause_factored_step`)."""
 
-    takes_table_gradient = True
+    takes_factored_gradients = True
 
     def __init__(self, names, stats, lr: float = 0.002, lam: float = 0.02, eps: float = 0.001, update: float = 0.5):
         super().__init__(names, stats, lr, lam, eps, update)
@@ -123,9 +124,9 @@ class ContextRule(StatsRule):
         for k, n in enumerate(self.names):
             b = buffer_name(n)
             gain, flush = getattr(self, "gain__" + b), getattr(self, "flush__" + b)
-            if isinstance(grads[n], TableGradient):
-                new[n] = krause_table_step(fast[n], flush, self.anchored(n, theta0[n]), gain, grads[n],
-                                           s_decay=s[1, :, k], s_step=s[0, :, k])
+            if isinstance(grads[n], FactoredGradient):
+                new[n] = krause_factored_step(fast[n], flush, self.anchored(n, theta0[n]), gain, grads[n],
+                                              s_decay=s[1, :, k], s_step=s[0, :, k])
             elif graph:
                 new[n] = scaled_krause_update(fast[n], theta0[n], grads[n], gain, flush, s[0, :, k], s[1, :, k])
             else:

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .gated_update import krause_flush
 from .rule_base import RuleOutput, StatsRule, buffer_name
-from .table_gradient import TableGradient, krause_table_step
+from .factored_gradient import FactoredGradient, krause_factored_step
 
 
 class DynEvalRule(StatsRule):
@@ -17,11 +17,11 @@ class DynEvalRule(StatsRule):
     folded into θ' = keep·θ + flush·θ0 − gain·g with flush = min(λ·decrate, 1), keep = 1 − flush and
     gain = η / (rms + ε) computed once: two passes over the weights per segment. flush·θ0 is computed once too
     while θ0 is constant (evaluation); when θ0 is trained (meta.train_static) it is recomputed every segment.
-    Reading without a graph, the tied table's gradient comes factored (`TableGradient`) and the step is taken
-    without ever forming it (`krause_table_step`).
+    Reading without a graph, the gradients of the tied table and the LSTM matrices come factored
+    (`FactoredGradient`) and the step is taken without ever forming them (`krause_factored_step`).
     """
 
-    takes_table_gradient = True
+    takes_factored_gradients = True
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
         flush = krause_flush(rms, self.decay_norm, self.lam)
@@ -33,9 +33,9 @@ class DynEvalRule(StatsRule):
         new = {}
         for n in self.names:
             b = buffer_name(n)
-            if isinstance(grads[n], TableGradient):
-                new[n] = krause_table_step(fast[n], getattr(self, "flush__" + b), self.anchored(n, theta0[n]),
-                                           getattr(self, "gain__" + b), grads[n])
+            if isinstance(grads[n], FactoredGradient):
+                new[n] = krause_factored_step(fast[n], getattr(self, "flush__" + b), self.anchored(n, theta0[n]),
+                                              getattr(self, "gain__" + b), grads[n])
                 continue
             new[n] = torch.addcmul(self.anchored(n, theta0[n]), getattr(self, "keep__" + b), fast[n]).addcmul_(
                 getattr(self, "gain__" + b), grads[n], value=-1.0)

@@ -3,22 +3,22 @@
 The loss of every token is computed with the weights θ_s *before* the update that sees that token; the
 update then uses the segment's gradient g_s = ∂ℓ_s/∂θ_s. Used by meta-training (graph kept to φ), by the
 reading loop of evaluation (no graph kept); `segment_losses` alone reads a segment with swapped-in weights.
-Without a graph, a rule that takes a `TableGradient` (`rule.takes_table_gradient`) gets the adapting tied table's
-gradient in factored form, never formed in full (`table_gradient.py`).
+Without a graph, a rule that takes factored gradients (`rule.takes_factored_gradients`) gets those of the adapting
+tied table and of the per-stream LSTM matrices as `FactoredGradient`s, never formed in full (`factored_gradient.py`).
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Set, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from ..model import LMState, detach_state, token_nll
+from ..model import LMState, detach_state, factored_weight_gradients, token_nll
+from .factored_gradient import FactoredGradient, TableGradient
 from .fast_weights import requiring_grad
 from .reading_state import ReadingState
-from .table_gradient import TableGradient
 
 
 def _read(model: nn.Module, fast: Mapping[str, Tensor], lm_state: LMState, x: Tensor, y: Tensor):
@@ -56,26 +56,41 @@ def segment_losses(
     return _mean_over(nll, mask), nll, state
 
 
-def _table_name(model: nn.Module, rule: nn.Module, fast: Mapping[str, Tensor]) -> Optional[str]:
-    """The tied table's name when it adapts per stream and `rule` takes its gradient factored; else None."""
+def _table_name(model: nn.Module, fast: Mapping[str, Tensor]) -> Optional[str]:
+    """The tied table's name when it adapts per stream; else None."""
     name = getattr(model, "TIED_TABLE", None)
-    if getattr(rule, "takes_table_gradient", False) and name in fast and fast[name].dim() == 3:
-        return name
-    return None
+    return name if name in fast and fast[name].dim() == 3 else None
 
 
-def _gradients_factored(model, fast, lm_state, x, y, mask, table: str, overwrite: bool):
-    """Losses, state and gradients with the table's as a `TableGradient`: the decoder reads the table detached
-    and autograd stops at the logits and at the looked-up rows."""
-    with torch.enable_grad():
-        out = functional_call(model, dict(fast), (x, lm_state), {"detach_decoder_table": True})
+def _gradients_factored(model, fast, lm_state, x, y, mask, overwrite: Set[str]):
+    """Losses, state and gradients, the per-stream matrices' as `FactoredGradient`s: the decoder reads the tied
+    table detached (autograd stops at the logits and at the looked-up rows), and the LSTM recurrences hand over the
+    factors of their weights' gradients. `overwrite`: the names whose step may write into the old tensor."""
+    table = _table_name(model, fast)
+    matrices = {n: t for n, t in fast.items() if n != table and t.dim() == 3}
+    with torch.enable_grad(), factored_weight_gradients(matrices) as captured:
+        out = functional_call(model, dict(fast), (x, lm_state), {"detach_decoder_table": table is not None})
         nll = token_nll(out.logits, y)
         seg_loss = _mean_over(nll, mask)
-        rest = [n for n in fast if n != table]
-        found = torch.autograd.grad(seg_loss.sum(), [fast[n] for n in rest] + [out.embedded, out.logits])
-    grads = dict(zip(rest, found))
-    grads[table] = TableGradient(found[-1], out.last_dropped.detach(), x, found[-2], overwrite=overwrite)
+        dense = [n for n in fast if n != table and n not in captured.seen]
+        ends = [out.embedded, out.logits] if table is not None else []
+        found = torch.autograd.grad(seg_loss.sum(), [fast[n] for n in dense + captured.seen] + ends,
+                                    allow_unused=True)
+    if any(g is not None for g in found[len(dense): len(dense) + len(captured.seen)]):
+        raise RuntimeError(f"the weights {captured.seen} are read beyond the LSTM recurrences, whose gradients alone "
+                           "are factored: reading them this way would drop part of their gradient")
+    grads: Dict[str, object] = {n: g if g is not None else torch.zeros_like(fast[n]) for n, g in zip(dense, found)}
+    for n in captured.seen:
+        grads[n] = FactoredGradient(*captured.factors[n], overwrite=n in overwrite)
+    if table is not None:
+        grads[table] = TableGradient(found[-1], out.last_dropped.detach(), x, found[-2], overwrite=table in overwrite)
     return seg_loss, nll, out.state, {n: grads[n] for n in fast}
+
+
+def _outside_theta0(fast: Mapping[str, Tensor], theta0: Mapping[str, Tensor]) -> Set[str]:
+    """Names whose tensor is not θ0's memory (a stream's first segment reads θ0 itself, which is never written)."""
+    return {n for n, t in fast.items()
+            if t.untyped_storage().data_ptr() != theta0[n].untyped_storage().data_ptr()}
 
 
 def adapt_segment(
@@ -97,15 +112,12 @@ def adapt_segment(
     `second_order`: g_s itself stays differentiable (Hessian-vector products in the meta-gradient);
     otherwise g_s is treated as data (first-order meta-learning). `mask`: see `segment_losses`.
     `reuse_weights`: the caller gives up `state.fast` (a reading loop that only carries the new state on): the
-    factored table step may write the new table into the old one's memory (never into θ0's).
+    factored step may write the new weights into the old ones' memory (never into θ0's).
     """
     fast = requiring_grad(state.fast)
-    table = None if keep_graph else _table_name(model, rule, fast)
-    if table is not None:
-        # a table still in θ0's memory (a stream's first segment) is never written: its successor is a new tensor
-        in_theta0 = fast[table].untyped_storage().data_ptr() == theta0[table].untyped_storage().data_ptr()
-        seg_loss, nll, lm_state, grads = _gradients_factored(model, fast, state.lm, x, y, mask, table,
-                                                             overwrite=reuse_weights and not in_theta0)
+    if not keep_graph and getattr(rule, "takes_factored_gradients", False):
+        overwrite = _outside_theta0(fast, theta0) if reuse_weights else set()
+        seg_loss, nll, lm_state, grads = _gradients_factored(model, fast, state.lm, x, y, mask, overwrite)
     else:
         with torch.enable_grad():
             seg_loss, nll, lm_state = segment_losses(model, fast, state.lm, x, y, use_checkpoint, mask)

@@ -49,7 +49,7 @@ class _StreamLookup(torch.autograd.Function):
     it to the tied decoder's dense gradient, a third of all-parameter dynamic evaluation's time (model=small).
     A sparse gradient is added to the decoder's row by row (a profile shows autograd still adding it out of
     place, into a copy of the dense one, apparently because that one comes from a Python Function). Reading
-    without a graph avoids both: the table's gradient stays factored (`dynamic/table_gradient.py`). Under double
+    without a graph avoids both: the table's gradient stays factored (`dynamic/factored_gradient.py`). Under double
     backward (meta.second_order) the dense, differentiable form is used.
     """
 
@@ -184,7 +184,7 @@ class AWDLSTM(nn.Module):
 
         `detach_decoder_table`: the decoder reads the tied table without a path back to it, so autograd never forms
         the table's dense gradient; a caller that wants it assembles it from ∂logits, `last_dropped` and the
-        gradient of `embedded` (`dynamic/table_gradient.py`).
+        gradient of `embedded` (`dynamic/factored_gradient.py`).
         """
         training = self.training
         table = self.embedding.weight

@@ -26,8 +26,9 @@ Hessian-vector products are exact. The first-order path pays nothing for it.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -85,6 +86,48 @@ def _project(
     return xw
 
 
+class WeightFactors:
+    """The weights whose gradients are handed over as factors, and the factors found: name -> (d [B, 4H, T],
+    u [B, T, C]) with ∂loss/∂W_b = d_b u_b. A weight the recurrence read more than once has its factors
+    concatenated over the steps."""
+
+    def __init__(self, weights: Mapping[str, Tensor]):
+        self.weights = dict(weights)
+        self.seen: List[str] = []  # in the order the recurrences read them
+        self.factors: Dict[str, Tuple[Tensor, Tensor]] = {}
+
+    def claim(self, w: Tensor) -> Optional[str]:
+        """The name of `w` (identity, not value) when its gradient is to be factored; noted as seen."""
+        for name, t in self.weights.items():
+            if t is w:
+                if name not in self.seen:
+                    self.seen.append(name)
+                return name
+        return None
+
+    def add(self, name: str, d: Tensor, u: Tensor) -> None:
+        if name in self.factors:
+            d0, u0 = self.factors[name]
+            d, u = torch.cat([d0, d], dim=2), torch.cat([u0, u], dim=1)
+        self.factors[name] = (d, u)
+
+
+_capturing: List[WeightFactors] = []
+
+
+@contextmanager
+def factored_weight_gradients(weights: Mapping[str, Tensor]) -> Iterator[WeightFactors]:
+    """Recurrences run inside hand the first-order gradients of these per-stream weights (`[B, 4H, *]`) over as
+    factors instead of returning them: autograd sees no gradient for them. Those read are listed in `seen` once
+    the forward pass has run, their factors in `factors` once the backward has."""
+    found = WeightFactors(weights)
+    _capturing.append(found)
+    try:
+        yield found
+    finally:
+        _capturing.pop()
+
+
 def reference_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> Tuple[Tensor, Tensor, Tensor]:
     """The same layer from plain differentiable ops: `(out [T, B, H], h_T, c_T)` (used for double backward)."""
     xw = _project(x, w_ih, b_ih, b_hh)
@@ -136,6 +179,8 @@ class PerStreamLSTM(torch.autograd.Function):
                 h.mul_(a[:, 3 * H :])
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, acts, cells, out)
         ctx.per_stream = per_stream
+        factors = _capturing[-1] if _capturing else None
+        ctx.factored = (factors, [factors.claim(w) if w.dim() == 3 else None for w in (w_ih, w_hh)]) if factors else None
         return out.transpose(0, 1), out[:, T - 1].clone(), cells[:, T].clone()
 
     @staticmethod
@@ -173,11 +218,20 @@ class PerStreamLSTM(torch.autograd.Function):
                     torch.bmm(dg.unsqueeze(1), w_sl, out=dh.unsqueeze(1))
                 else:
                     torch.mm(dg, w_sl, out=dh)
-        need = ctx.needs_input_grad
+        need = list(ctx.needs_input_grad)
         dg_t = dgates.transpose(1, 2)  # [B, 4H, T]
         d_x = d_w_ih = d_w_hh = d_b_ih = d_b_hh = None
         if need[0]:
             d_x = (torch.bmm(dgates, w_ih) if w_ih.dim() == 3 else torch.matmul(dgates, w_ih)).transpose(0, 1)
+        if ctx.factored is not None:  # hand the factors over instead of forming dW = dgates^T [x | h_prev]
+            factors, (name_ih, name_hh) = ctx.factored
+            d = dg_t.contiguous()
+            if name_ih is not None:
+                factors.add(name_ih, d, x.transpose(0, 1).contiguous())
+                need[3] = False
+            if name_hh is not None:
+                factors.add(name_hh, d, torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1))
+                need[4] = False
         if need[3]:
             xb = x.transpose(0, 1)
             if w_ih.dim() == 3:  # [B, 4H, T] @ [B, T, I]
@@ -223,4 +277,5 @@ def per_stream_lstm_layer(
     return out, (h, c)
 
 
-__all__ = ["CHUNK_BYTES", "PerStreamLSTM", "per_stream_lstm_layer", "reference_layer"]
+__all__ = ["CHUNK_BYTES", "PerStreamLSTM", "WeightFactors", "factored_weight_gradients", "per_stream_lstm_layer",
+           "reference_layer"]

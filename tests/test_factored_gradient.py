@@ -1,4 +1,5 @@
-"""The adapting tied table's gradient in factored form, and the blockwise Krause step that consumes it."""
+"""Factored gradients (the adapting tied table's and the per-stream LSTM matrices'), and the Krause step that
+consumes them without forming them."""
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -9,9 +10,9 @@ from dynlm.dynamic.fast_weights import per_stream, select_dynamic
 from dynlm.dynamic.reading import read_stream
 from dynlm.dynamic.reading_state import fresh_state
 from dynlm.dynamic.rules import DynEvalRule
-from dynlm.dynamic.segment import adapt_segment
-from dynlm.dynamic import table_gradient
-from dynlm.dynamic.table_gradient import TableGradient, krause_table_step
+from dynlm.dynamic.segment import _gradients_factored, adapt_segment, segment_losses
+from dynlm.dynamic import factored_gradient
+from dynlm.dynamic.factored_gradient import FactoredGradient, TableGradient, krause_factored_step
 from dynlm.model import AWDLSTM, static_weights, token_nll
 
 from dynamic_helpers import VOCAB, random_stats, tiny_model
@@ -26,7 +27,7 @@ def _segment(streams: int, seed: int = 0):
     return x, torch.randint(0, VOCAB, (5, streams), generator=g)
 
 
-def test_factored_table_gradient_is_autograds_dense_one():
+def test_factored_factored_gradient_is_autograds_dense_one():
     model = tiny_model(torch.float64).eval()
     x, y = _segment(streams=3)
     fast = {n: t.detach().clone().requires_grad_() for n, t in per_stream(static_weights(model, [TABLE]), 3).items()}
@@ -39,7 +40,55 @@ def test_factored_table_gradient_is_autograds_dense_one():
     torch.testing.assert_close(grad.dense(), expected, rtol=1e-12, atol=1e-14)
     # the decoder's part of a block of rows is that block of the whole (lookup rows aside)
     decoder_only = TableGradient(d_logits, out.last_dropped.detach(), x, torch.zeros_like(d_embedded)).dense()
-    torch.testing.assert_close(grad.decoder_rows(7, 19), decoder_only[:, 7:19])
+    torch.testing.assert_close(grad.rows(7, 19), decoder_only[:, 7:19])
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_every_dynamic_gradient_from_the_factored_path_is_autograds(training):
+    """Three streams, every parameter adapting, weights already per stream: the LSTM matrices' gradients come as
+    factors from the recurrences' backward, the table's as a `TableGradient`, the rest dense; each equals what
+    autograd forms. In training mode DropConnect makes W_hh a product of the weights, whose gradient autograd
+    then forms through the mask (W_ih stays factored)."""
+    model = tiny_model(torch.float64, dropout=True).train(training)
+    names = select_dynamic(model, ["*"])
+    g = torch.Generator().manual_seed(2)
+    fast = {n: (t.unsqueeze(0) + 0.01 * torch.randn(3, *t.shape, generator=g, dtype=t.dtype)).requires_grad_()
+            for n, t in static_weights(model, names).items()}
+    x, y = _segment(streams=3)
+    torch.manual_seed(11)
+    _, _, _, grads = _gradients_factored(model, fast, model.init_state(3), x, y, None, set())
+    torch.manual_seed(11)  # the same dropout masks
+    loss = segment_losses(model, fast, model.init_state(3), x, y)[0].sum()
+    expected = dict(zip(names, torch.autograd.grad(loss, [fast[n] for n in names])))
+    for n in names:
+        dropped = training and n.endswith("weight_hh")
+        if n == TABLE:
+            assert isinstance(grads[n], TableGradient)
+        elif n.endswith(("weight_ih", "weight_hh")) and not dropped:
+            assert isinstance(grads[n], FactoredGradient), n
+            torch.testing.assert_close(grads[n].norms(), torch.linalg.vector_norm(expected[n].flatten(1), dim=1))
+        else:
+            assert isinstance(grads[n], torch.Tensor), n
+        got = grads[n].dense() if isinstance(grads[n], FactoredGradient) else grads[n]
+        torch.testing.assert_close(got, expected[n], rtol=1e-10, atol=1e-13, msg=n)
+
+
+def test_a_weight_read_beyond_the_recurrence_is_refused():
+    """Only the recurrence's part of a weight's gradient is factored: a model that reads the weight elsewhere
+    too would lose the rest, so the factored path says so instead of updating with part of the gradient."""
+
+    class Peeking(AWDLSTM):
+        def forward(self, tokens, state, detach_decoder_table=False):
+            out = super().forward(tokens, state, detach_decoder_table)
+            return out._replace(logits=out.logits + self.layers[0].weight_ih.mean())
+
+    model = Peeking(VOCAB, 6, 8, 2).double().eval()
+    names = select_dynamic(model, ["layers.*"])
+    fast = {n: t.detach().unsqueeze(0).repeat(2, *([1] * t.dim())).requires_grad_()
+            for n, t in static_weights(model, names).items()}
+    x, y = _segment(streams=2)
+    with pytest.raises(RuntimeError, match="read beyond the LSTM recurrences"):
+        _gradients_factored(model, fast, model.init_state(2), x, y, None, set())
 
 
 def test_blockwise_step_is_the_dense_step_whatever_the_block():
@@ -55,14 +104,14 @@ def test_blockwise_step_is_the_dense_step_whatever_the_block():
                          dtype=torch.float64), x, torch.randn(5, streams, width, dtype=torch.float64))
     expected = (1 - flush) * theta + anchored - gain * grad.dense()  # Krause's step
     for block in (1, 4, 7, rows, 100):
-        torch.testing.assert_close(krause_table_step(theta, flush, anchored, gain, grad, block_rows=block), expected)
+        torch.testing.assert_close(krause_factored_step(theta, flush, anchored, gain, grad, block_rows=block), expected)
     # scaled per stream (the cheap learned rule)
     torch.testing.assert_close(
-        krause_table_step(theta, flush, anchored, gain, grad, s_decay, s_step, block_rows=7),
+        krause_factored_step(theta, flush, anchored, gain, grad, s_decay, s_step, block_rows=7),
         theta + scaled[0] * (anchored - flush * theta) - scaled[1] * gain * grad.dense())
     # from a broadcast view of θ0 (a stream's first segment), into a tensor of its own
     view = theta[0].unsqueeze(0).expand(streams, rows, width)
-    torch.testing.assert_close(krause_table_step(view, flush, anchored, gain, grad, block_rows=5),
+    torch.testing.assert_close(krause_factored_step(view, flush, anchored, gain, grad, block_rows=5),
                                (1 - flush) * view + anchored - gain * grad.dense())
     # its norm, from the factors
     torch.testing.assert_close(grad.norms(), torch.linalg.vector_norm(grad.dense().flatten(1), dim=1))
@@ -72,7 +121,7 @@ def _rule_pair(kind, names, stats):
     """The rule, and the same rule on the reference path in which autograd forms the table's whole gradient."""
     kwargs = dict(lr=0.05, lam=0.02, eps=1e-3, update=0.5)
     base = DynEvalRule if kind == "dyneval" else ContextRule
-    dense = type("Dense" + base.__name__, (base,), {"takes_table_gradient": False})
+    dense = type("Dense" + base.__name__, (base,), {"takes_factored_gradients": False})
     rules = base(names, stats, **kwargs).double(), dense(names, stats, **kwargs).double()
     if kind == "cheap":  # a learned rule away from its dyneval start: scales differ per tensor and stream
         for rule in rules:
@@ -91,7 +140,7 @@ def test_reading_with_the_factored_gradient_equals_the_dense_path(kind):
     stats = random_stats(model, names)
     ids = torch.randint(0, VOCAB, (61,), generator=torch.Generator().manual_seed(3))
     fast_rule, dense_rule = _rule_pair(kind, names, stats)
-    assert fast_rule.takes_table_gradient and not dense_rule.takes_table_gradient
+    assert fast_rule.takes_factored_gradients and not dense_rule.takes_factored_gradients
     got = read_stream(model, ids, 0, 5, rule=fast_rule, names=names, starts=[0, 17, 40])
     want = read_stream(model, ids, 0, 5, rule=dense_rule, names=names, starts=[0, 17, 40])
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
@@ -158,30 +207,31 @@ def test_the_compiled_step_is_the_blockwise_step(monkeypatch):
     """The kernel `torch.compile` makes of the formula (what a large table takes) agrees with the blocks,
     segment lengths changing as at the end of an article."""
     torch._dynamo.reset()
-    monkeypatch.setattr(table_gradient, "_compiled", {"failed": False})
+    monkeypatch.setattr(factored_gradient, "_compiled", {"failed": False})
     graphs = counters["stats"]["unique_graphs"]
     for seed in range(2):
         theta, flush, anchored, gain, grad = _random_step_inputs(seed=seed)
         s_step = torch.rand(2) + 0.5
         if seed:
-            grad = TableGradient(grad.d_logits[:2], grad.hidden[:2], grad.tokens[:2], grad.d_embedded[:2])
-        compiled = krause_table_step(theta, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
-        assert not table_gradient._compiled["failed"], "torch.compile failed here: the blocks were used"
-        blocks = krause_table_step(theta, flush, anchored, gain, grad, s_step=s_step, compile_min=10**9)
+            grad = TableGradient(grad.d[:, :, :2].permute(2, 0, 1), grad.u[:, :2].transpose(0, 1), grad.tokens[:2],
+                                 grad.d_embedded[:2])
+        compiled = krause_factored_step(theta, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
+        assert not factored_gradient._compiled["failed"], "torch.compile failed here: the blocks were used"
+        blocks = krause_factored_step(theta, flush, anchored, gain, grad, s_step=s_step, compile_min=10**9)
         torch.testing.assert_close(compiled, blocks)
         # where the caller gives θ up, the compiled kernel writes θ' into θ's memory
         own = theta.clone()
         grad.overwrite = True
-        into = krause_table_step(own, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
+        into = krause_factored_step(own, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
         assert into.data_ptr() == own.data_ptr()
         torch.testing.assert_close(into, blocks)
         # a broadcast view of θ0 (a stream's first segment) is never written into
         view = theta[:1].expand_as(theta)
         before = view.clone()
-        fresh = krause_table_step(view, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
+        fresh = krause_factored_step(view, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
         assert torch.equal(view, before) and fresh.data_ptr() != view.data_ptr()
-        assert not table_gradient._compiled["failed"]
-        torch.testing.assert_close(fresh, krause_table_step(view, flush, anchored, gain, grad, s_step=s_step,
+        assert not factored_gradient._compiled["failed"]
+        torch.testing.assert_close(fresh, krause_factored_step(view, flush, anchored, gain, grad, s_step=s_step,
                                                             compile_min=10**9))
     # dynamo compiled graphs rather than quietly running the blocks eagerly
     assert counters["stats"]["unique_graphs"] > graphs
@@ -192,7 +242,7 @@ def test_the_compiled_step_is_the_blockwise_step(monkeypatch):
 def test_reading_through_the_compiled_kernel_leaves_the_static_weights_alone(kind, monkeypatch):
     """With the compiled kernel writing each new table into the old one's memory (a tiny table made to take
     it), reading equals the dense path, and the model's own table (θ0) is bit-identical afterwards."""
-    monkeypatch.setattr(table_gradient, "COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(factored_gradient, "COMPILE_MIN_ELEMENTS", 0)
     model = tiny_model(torch.float64).eval()
     names = select_dynamic(model, ["*"])
     before = {n: t.detach().clone() for n, t in model.named_parameters()}
@@ -201,7 +251,7 @@ def test_reading_through_the_compiled_kernel_leaves_the_static_weights_alone(kin
     # one stream, two, and resets (articles read independently: the table goes back to θ0 mid-stream)
     for starts, restarts in (([0], None), ([0, 20], None), ([0, 20], [9, 20, 31])):
         got = read_stream(model, ids, 0, 5, rule=fast_rule, names=names, starts=starts, restarts=restarts)
-        assert not table_gradient._compiled["failed"]
+        assert not factored_gradient._compiled["failed"]
         want = read_stream(model, ids, 0, 5, rule=dense_rule, names=names, starts=starts, restarts=restarts)
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     for n, t in model.named_parameters():
@@ -209,17 +259,17 @@ def test_reading_through_the_compiled_kernel_leaves_the_static_weights_alone(kin
 
 
 def test_a_failed_compile_falls_back_to_the_blocks(monkeypatch):
-    def no_compiler(fn):
+    def no_compiler(fn, **options):
         def fails(*args):
             raise RuntimeError("no C++ compiler")
         return fails
 
-    monkeypatch.setattr(table_gradient.torch, "compile", no_compiler)
-    monkeypatch.setattr(table_gradient, "_compiled", {"failed": False})
+    monkeypatch.setattr(factored_gradient.torch, "compile", no_compiler)
+    monkeypatch.setattr(factored_gradient, "_compiled", {"failed": False})
     theta, flush, anchored, gain, grad = _random_step_inputs()
     warned = []
-    monkeypatch.setattr(table_gradient.log, "warning", lambda msg, *args: warned.append(msg % args))
-    got = krause_table_step(theta, flush, anchored, gain, grad, compile_min=0)
-    assert any("compiled table update is unavailable (RuntimeError: no C++ compiler)" in w for w in warned)
-    assert table_gradient._compiled["failed"]
+    monkeypatch.setattr(factored_gradient.log, "warning", lambda msg, *args: warned.append(msg % args))
+    got = krause_factored_step(theta, flush, anchored, gain, grad, compile_min=0)
+    assert any("compiled weight update is unavailable (RuntimeError: no C++ compiler)" in w for w in warned)
+    assert factored_gradient._compiled["failed"]
     torch.testing.assert_close(got, (1 - flush) * theta + anchored - gain * grad.dense())
