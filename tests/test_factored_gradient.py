@@ -27,7 +27,7 @@ def _segment(streams: int, seed: int = 0):
     return x, torch.randint(0, VOCAB, (5, streams), generator=g)
 
 
-def test_factored_factored_gradient_is_autograds_dense_one():
+def test_factored_table_gradient_is_autograds_dense_one():
     model = tiny_model(torch.float64).eval()
     x, y = _segment(streams=3)
     fast = {n: t.detach().clone().requires_grad_() for n, t in per_stream(static_weights(model, [TABLE]), 3).items()}

@@ -153,3 +153,42 @@ def test_output_is_not_silently_writable():
     out = PerStreamLSTM.apply(x, h0, c0, *w)[0]
     with pytest.raises(RuntimeError):
         out.mul_(2.0)  # a view of the saved outputs: autograd refuses to let it be modified in place
+
+
+def _read_twice(x, w_ih, w_hh, b_ih, b_hh):
+    """Two layers that share one set of per-stream weights (I = H): each weight is read by two recurrences."""
+    zero = torch.zeros(B, H, dtype=x.dtype)
+    out, state = per_stream_lstm_layer(x, (zero, zero), w_ih, w_hh, b_ih, b_hh)
+    out, _ = per_stream_lstm_layer(out, state, w_ih, w_hh, b_ih, b_hh)
+    return (out ** 2).sum()
+
+
+def test_factored_weight_gradients_of_a_weight_read_twice_add_up_to_autograds():
+    """Inside `factored_weight_gradients` the backward hands the weights' gradients over as factors (one pair per
+    read, concatenated over the steps) and autograd gets none for them; the factors' product is autograd's
+    gradient, and the biases' gradients are unchanged."""
+    g = torch.Generator().manual_seed(3)
+    weights = [torch.randn(B, *s, generator=g, dtype=torch.float64).mul_(0.5).requires_grad_()
+               for s in [(4 * H, H), (4 * H, H), (4 * H,), (4 * H,)]]
+    x = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    expected = torch.autograd.grad(_read_twice(x, *weights), weights)
+    with psl.factored_weight_gradients({"ih": weights[0], "hh": weights[1]}) as found:
+        loss = _read_twice(x, *weights)
+        assert found.seen == ["ih", "hh"]
+        got = torch.autograd.grad(loss, weights, allow_unused=True)
+    assert got[0] is None and got[1] is None
+    for name, want in zip(("ih", "hh"), expected):
+        d, u = found.factors[name]
+        assert d.shape == (B, 4 * H, 2 * T) and u.shape == (B, 2 * T, H)
+        torch.testing.assert_close(torch.bmm(d, u), want)
+    torch.testing.assert_close(got[2], expected[2])
+    torch.testing.assert_close(got[3], expected[3])
+
+
+def test_factored_weight_gradients_refuse_a_differentiable_backward():
+    weights = _weights((True, True, True, True))
+    x, h0, c0 = _inputs()
+    with psl.factored_weight_gradients({"ih": weights[0]}):
+        out, _ = per_stream_lstm_layer(x, (h0, c0), *weights)
+        with pytest.raises(RuntimeError, match="first-order only"):
+            torch.autograd.grad(out.sum(), [weights[2]], create_graph=True)

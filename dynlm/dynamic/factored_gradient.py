@@ -10,7 +10,7 @@ is, per stream b, G_b = Σ_t d_tb u_tbᵀ = D_b U_b with D_b `[R, L]`, U_b `[L, 
 Formed densely (autograd), G is written to memory and read back by the update; the table's sparse lookup part is
 added to it out of place (a profile shows: into a copy of the dense part). With the update's own passes that is
 about 14 passes over the 26.6 MB table of `model=small` per segment where 6 must be made (`scripts/bench.py`'s
-bound), and 9 over each LSTM matrix where 5 must. Here the update consumes D U as it goes (inside one compiled
+bound), and 11 over each LSTM matrix (7 factored). Here the update consumes D U as it goes (inside one compiled
 kernel, or block by block while the block is in cache), then subtracts the table's lookup part on its few rows.
 The step is Krause's, scaled per stream by the cheap learned rule (s = 1: dynamic evaluation):
 
@@ -22,8 +22,9 @@ so one segment reads the table twice (logits, ∂h) and the update reads θ, flu
 10.0 against 9.1 ms per step, one thread; the kernel is partly compute-bound.)
 For a large matrix the step is one kernel that `torch.compile` makes of the whole formula, the L-deep product
 summed in registers: about half the time of the blocks, whose 5-deep products run far below the machine's
-arithmetic speed (`model=small`, one thread: 9.5 against 19.9 ms per segment for the table; 3.8 against 7.9 ms for
-the six LSTM matrices of one stream, against autograd's product and two `addcmul`s). Compiling takes seconds, once
+arithmetic speed (`model=small`, one thread: 9.5 against 19.9 ms per segment for the table; for the matrices of
+a 3-layer LSTM of that size, 3.8 against 7.9 ms for one stream and 14.4 against 43.1 ms for five, against autograd's
+product and two `addcmul`s). Compiling takes seconds, once
 per process for every matrix size (marked dynamic), again for one stream against several, for a broadcast θ (a
 stream's first segment) and for another dtype; shorter segments are padded to a depth already compiled. Where it
 cannot be done (no C++ compiler), the blocks serve.
@@ -43,9 +44,9 @@ log = logging.getLogger(__name__)
 # enough that the block's gradient and new weights stay in cache between the ops.
 BLOCK_ROWS = 512
 # Matrices of at least this many elements per stream take the compiled step (seconds to compile, once per process,
-# against milliseconds saved per segment): `model=small`'s table (6.7M) and LSTM matrices (320k–640k); smaller
-# ones, e.g. the tests' tiny models, the blocks.
-COMPILE_MIN_ELEMENTS = 1 << 18
+# against milliseconds saved per segment): `model=small`'s table (6.7M) and its four LSTM matrices (160k–640k);
+# smaller ones, e.g. the tests' tiny models, the blocks.
+COMPILE_MIN_ELEMENTS = 1 << 17
 
 
 def _row_major(t: Tensor) -> Tensor:

@@ -79,7 +79,10 @@ def _gradients_factored(model, fast, lm_state, x, y, mask, overwrite: Set[str]):
     if any(g is not None for g in found[len(dense): len(dense) + len(captured.seen)]):
         raise RuntimeError(f"the weights {captured.seen} are read beyond the LSTM recurrences, whose gradients alone "
                            "are factored: reading them this way would drop part of their gradient")
-    grads: Dict[str, object] = {n: g if g is not None else torch.zeros_like(fast[n]) for n, g in zip(dense, found)}
+    unused = [n for n, g in zip(dense, found) if g is None]
+    if unused:  # as autograd.grad itself would say without allow_unused (needed above for the factored weights)
+        raise RuntimeError(f"the dynamic weights {unused} are not used in computing the loss")
+    grads: Dict[str, object] = dict(zip(dense, found))
     for n in captured.seen:
         grads[n] = FactoredGradient(*captured.factors[n], overwrite=n in overwrite)
     if table is not None:

@@ -11,7 +11,7 @@ weight-gradient accumulation of that size at every step, a dozen small kernels p
   loop back through time is then one batched vector-matrix product (`dh = dgates @ w_hh`) and four small
   kernels per step. The weight gradients are formed once per segment, each as one batched matmul over the
   time steps: `dW_hh[b] = sum_t dgates[b, t] ⊗ h[b, t-1]` = `[B, 4H, T] @ [B, T, H]`, and likewise
-  `dW_ih`, `dx`; the bias gradients are one sum over time.
+  `dW_ih`, `dx` (or handed over as those two factors, below); the bias gradients are one sum over time.
 - cache blocking (CPU): the recurrence runs over groups of streams whose recurrent matrices fit in part
   of the last-level cache, so that a group's matrices are read from cache, not memory, at every step
   (`CHUNK_BYTES`; measured ~2x on the matrix-vector products at B=8, H=512 on a 32 MiB L3). The Python
@@ -26,6 +26,7 @@ Hessian-vector products are exact. The first-order path pays nothing for it.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple
@@ -106,13 +107,20 @@ class WeightFactors:
         return None
 
     def add(self, name: str, d: Tensor, u: Tensor) -> None:
+        """Adds a read's factors: a second backward over the same graph (`retain_graph`) would add them again."""
         if name in self.factors:
             d0, u0 = self.factors[name]
             d, u = torch.cat([d0, d], dim=2), torch.cat([u0, u], dim=1)
         self.factors[name] = (d, u)
 
 
-_capturing: List[WeightFactors] = []
+_local = threading.local()  # the active captures, per thread: another thread's recurrences are not this one's
+
+
+def _capturing() -> List[WeightFactors]:
+    if not hasattr(_local, "captures"):
+        _local.captures = []
+    return _local.captures
 
 
 @contextmanager
@@ -121,11 +129,11 @@ def factored_weight_gradients(weights: Mapping[str, Tensor]) -> Iterator[WeightF
     factors instead of returning them: autograd sees no gradient for them. Those read are listed in `seen` once
     the forward pass has run, their factors in `factors` once the backward has."""
     found = WeightFactors(weights)
-    _capturing.append(found)
+    _capturing().append(found)
     try:
         yield found
     finally:
-        _capturing.pop()
+        _capturing().pop()
 
 
 def reference_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> Tuple[Tensor, Tensor, Tensor]:
@@ -179,7 +187,7 @@ class PerStreamLSTM(torch.autograd.Function):
                 h.mul_(a[:, 3 * H :])
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, acts, cells, out)
         ctx.per_stream = per_stream
-        factors = _capturing[-1] if _capturing else None
+        factors = _capturing()[-1] if _capturing() else None
         ctx.factored = (factors, [factors.claim(w) if w.dim() == 3 else None for w in (w_ih, w_hh)]) if factors else None
         return out.transpose(0, 1), out[:, T - 1].clone(), cells[:, T].clone()
 
@@ -187,6 +195,9 @@ class PerStreamLSTM(torch.autograd.Function):
     def backward(ctx, d_out, d_hT, d_cT):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, acts, cells, out = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+            if ctx.factored is not None and any(ctx.factored[1]):
+                raise RuntimeError("factored weight gradients are first-order only: differentiate the weights' "
+                                   "gradients (create_graph=True) outside factored_weight_gradients")
             return _differentiable_backward(ctx, (x, h0, c0, w_ih, w_hh, b_ih, b_hh), (d_out, d_hT, d_cT))
         B, T, G = acts.shape
         H = G // 4
