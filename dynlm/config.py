@@ -181,8 +181,32 @@ RANGES = {
 }
 
 
+# Stage-2 keys that only one choice reads, with that choice: set under another, they would be silently ignored.
+ONLY_WITH = {
+    "meta.hidden": ("name", "gated"), "meta.tensor_emb": ("name", "gated"), "meta.momentum": ("name", "gated"),
+    "meta.momentum_init": ("name", "gated"), "meta.es_sigma": ("estimator", "es"),
+    "meta.es_pairs": ("estimator", "es"), "meta.static_lr": ("train_static", True), "meta.ewc": ("train_static", True),
+}
+
+
+def check_choice_keys(cfg) -> None:
+    """A stage-2 key set away from its default where the choice that reads it is not made is an error, not a no-op
+    (every config key has an effect: `meta=cheap meta.momentum=true` would otherwise train without momentum)."""
+    if cfg.stage != "meta":
+        return
+    defaults = MetaConfig()
+    for key, (choice, wanted) in ONLY_WITH.items():
+        name = key.split(".")[1]
+        if cfg.meta[choice] != wanted and cfg.meta[name] != getattr(defaults, name):
+            raise ConfigValueError(
+                f"{key}={cfg.meta[name]} has no effect with meta.{choice}={cfg.meta[choice]}: it is read only with "
+                f"meta.{choice}={str(wanted).lower()}; remove it, or set meta.{choice}={str(wanted).lower()}")
+
+
 def check_ranges(cfg) -> None:
-    """Every key of `RANGES` is finite and in its range: a run with `meta.lr=inf` would only skip every update."""
+    """Every key of `RANGES` is finite and in its range: a run with `meta.lr=inf` would only skip every update.
+    Stage-2 keys that the chosen rule or estimator does not read must be left at their defaults."""
+    check_choice_keys(cfg)
     for key, (low, high, low_ok, *high_ok) in RANGES.items():
         section, name = key.split(".")
         value = cfg[section][name]
@@ -217,6 +241,7 @@ __all__ = [
     "LoggerConfig",
     "MetaConfig",
     "register_configs",
+    "check_choice_keys",
     "check_ranges",
     "ConfigValueError",
     "DynlmError",

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from dynlm.config import ConfigValueError
+from dynlm.config import ConfigValueError, check_choice_keys
 from dynlm.run.checkpoint import load_checkpoint
 from dynlm.train import train
 from dynlm.train.meta_trainer import train_meta
@@ -19,6 +19,26 @@ def test_bad_hyperparameters_fail_before_any_work(toy_data_dir, tmp_path, overri
     with pytest.raises(ConfigValueError, match=key.replace(".", r"\.")):
         train(compose_config(tiny_lm_overrides(toy_data_dir) + [override]), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing was written
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["meta=cheap", "meta.momentum=true"], "meta.momentum"),
+    (["meta=cheap", "meta.hidden=32"], "meta.hidden"),
+    (["meta.es_pairs=3"], "meta.es_pairs"),
+    (["meta.ewc=100"], "meta.ewc"),
+])
+def test_a_stage2_key_that_the_chosen_rule_does_not_read_fails_before_any_work(toy_data_dir, tmp_path, overrides,
+                                                                                key):
+    """Every config key has an effect: one that only another rule, estimator or θ0 refinement reads is refused,
+    with the choice that reads it, rather than silently ignored."""
+    cfg = compose_config(meta_overrides(toy_data_dir, tmp_path / "no-lm.pt") + overrides)
+    with pytest.raises(ConfigValueError, match=key.replace(".", r"\.") + r"=.*has no effect.*read only with"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    # with the choice that reads it, the same value passes the check
+    choice = {"meta.momentum": "meta=gated", "meta.hidden": "meta=gated", "meta.es_pairs": "meta.estimator=es",
+              "meta.ewc": "meta.train_static=true"}[key]
+    check_choice_keys(compose_config(meta_overrides(toy_data_dir, tmp_path / "no-lm.pt") + overrides + [choice]))
 
 
 def test_a_stage2_that_skips_every_window_stops_and_names_the_last_good_checkpoint(toy_data_dir, tmp_path):

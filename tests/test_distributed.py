@@ -171,14 +171,16 @@ def lm_no_dropout(toy_data_dir, tmp_path_factory):
 
 
 META_SIZES = {"meta.batch_size": 4, "meta.seg_len": 4, "meta.window": 2, "meta.gradstat_tokens": 200,
-              "meta.valid_max_tokens": 100, "meta.momentum": "true", "trainer.max_steps": 4, "trainer.eval_interval": 2}
+              "meta.valid_max_tokens": 100, "trainer.max_steps": 4, "trainer.eval_interval": 2}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["gated", "cheap"])  # per-coordinate, and per-stream ([B, 2]) learner state
 def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_data_dir, lm_no_dropout, tmp_path,
                                                                             rule):
-    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES, meta=rule)
+    # the gated rule with its per-coordinate momentum state (a key only it reads)
+    momentum = {"meta.momentum": "true"} if rule == "gated" else {}
+    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES, **momentum, meta=rule)
     one, two = tmp_path / "one", tmp_path / "two"
     train(compose_config(over + ["trainer.stop_after_steps=2"]), one)
     a2 = load_checkpoint(one / "checkpoints" / "last.pt")
