@@ -189,6 +189,10 @@ ONLY_WITH = {
 }
 
 
+def _text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def check_choice_keys(cfg) -> None:
     """A stage-2 key set away from its default where the choice that reads it is not made is an error, not a no-op
     (every config key has an effect: `meta=cheap meta.momentum=true` would otherwise train without momentum)."""
@@ -198,9 +202,11 @@ def check_choice_keys(cfg) -> None:
     for key, (choice, wanted) in ONLY_WITH.items():
         name = key.split(".")[1]
         if cfg.meta[choice] != wanted and cfg.meta[name] != getattr(defaults, name):
-            raise ConfigValueError(
-                f"{key}={cfg.meta[name]} has no effect with meta.{choice}={cfg.meta[choice]}: it is read only with "
-                f"meta.{choice}={str(wanted).lower()}; remove it, or set meta.{choice}={str(wanted).lower()}")
+            # as the user writes them: `meta=gated` selects the rule, booleans in lower case
+            made = f"meta={cfg.meta[choice]}" if choice == "name" else f"meta.{choice}={_text(cfg.meta[choice])}"
+            needed = f"meta={wanted}" if choice == "name" else f"meta.{choice}={_text(wanted)}"
+            raise ConfigValueError(f"{key}={_text(cfg.meta[name])} has no effect with {made}: it is read only with "
+                                   f"{needed}; remove it, or set {needed}")
 
 
 def check_ranges(cfg) -> None:
