@@ -52,8 +52,11 @@ COMPILE_MIN_ELEMENTS = 1 << 17
 def _row_major(t: Tensor) -> Tensor:
     """`t` with row-major strides, even along its size-1 dimensions (which `contiguous()` leaves as they are, and
     on which dynamo's guards would still tell two layouts apart)."""
-    return t if t.stride() == torch.empty(t.shape, device="meta").stride() else t.clone(
-        memory_format=torch.contiguous_format)
+    strides, size = [], 1
+    for n in reversed(t.shape):
+        strides.append(size)
+        size *= n
+    return t if t.stride() == tuple(reversed(strides)) else t.clone(memory_format=torch.contiguous_format)
 
 
 class FactoredGradient:
@@ -195,6 +198,14 @@ def _product_step(theta, flush, anchored, gain, grad: FactoredGradient, s_decay,
     return _blocked_step(*args, block_rows=block_rows)
 
 
+def _stream_scale(s: Optional[Tensor], streams: int, like: Tensor) -> Tensor:
+    """`s [B]` (None: ones) as a fresh `[B, 1, 1]` tensor: a view of the cheap rule's `[2, B, tensors]` scales
+    would differ per tensor in strides and offset, and the compiled kernel would be recompiled for each."""
+    if s is None:
+        return torch.ones(streams, 1, 1, dtype=like.dtype, device=like.device)
+    return s.clone(memory_format=torch.contiguous_format).view(-1, 1, 1)
+
+
 def krause_factored_step(theta: Tensor, flush: Tensor, anchored: Tensor, gain: Tensor, grad: FactoredGradient,
                          s_decay: Optional[Tensor] = None, s_step: Optional[Tensor] = None,
                          block_rows: int = BLOCK_ROWS, compile_min: Optional[int] = None) -> Tensor:
@@ -206,11 +217,7 @@ def krause_factored_step(theta: Tensor, flush: Tensor, anchored: Tensor, gain: T
     `COMPILE_MIN_ELEMENTS`), else in blocks of `block_rows` rows; a table's lookup rows are then stepped on
     those rows."""
     compile_min = COMPILE_MIN_ELEMENTS if compile_min is None else compile_min
-    ones = torch.ones(grad.shape[0], dtype=theta.dtype, device=theta.device)
-    # fresh `[B, 1, 1]` tensors: a view of the cheap rule's `[2, B, tensors]` scales would differ per tensor in
-    # strides and offset, and the compiled kernel would be recompiled for each
-    s_decay = (ones if s_decay is None else s_decay.clone(memory_format=torch.contiguous_format)).view(-1, 1, 1)
-    s_step = (ones if s_step is None else s_step.clone(memory_format=torch.contiguous_format)).view(-1, 1, 1)
+    s_decay, s_step = (_stream_scale(s, grad.shape[0], theta) for s in (s_decay, s_step))
     out = _product_step(theta, flush, anchored, gain, grad, s_decay, s_step, block_rows, compile_min)
     return grad.finish_step(out, gain, s_step)
 

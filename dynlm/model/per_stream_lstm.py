@@ -188,14 +188,15 @@ class PerStreamLSTM(torch.autograd.Function):
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, acts, cells, out)
         ctx.per_stream = per_stream
         factors = _capturing()[-1] if _capturing() else None
-        ctx.factored = (factors, [factors.claim(w) if w.dim() == 3 else None for w in (w_ih, w_hh)]) if factors else None
+        names = [factors.claim(w) if factors is not None and w.dim() == 3 else None for w in (w_ih, w_hh)]
+        ctx.factored = (factors, names) if any(names) else None  # None: every weight's gradient is formed
         return out.transpose(0, 1), out[:, T - 1].clone(), cells[:, T].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_hT, d_cT):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, acts, cells, out = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
-            if ctx.factored is not None and any(ctx.factored[1]):
+            if ctx.factored is not None:
                 raise RuntimeError("factored weight gradients are first-order only: differentiate the weights' "
                                    "gradients (create_graph=True) outside factored_weight_gradients")
             return _differentiable_backward(ctx, (x, h0, c0, w_ih, w_hh, b_ih, b_hh), (d_out, d_hT, d_cT))
