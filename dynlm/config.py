@@ -102,29 +102,18 @@ class LoggerConfig:
 
 @dataclass
 class MetaConfig:
-    """Stage 2 (`stage=meta`) and the adaptive evaluation rules (`meta=gated` | `meta=cheap` | `meta=dyneval`)."""
+    """Stage 2 (`stage=meta`): training the learned update rule chosen by `rule=...` (its keys are `rule.*`)."""
 
-    name: str = "gated"  # gated (learned per coordinate) | cheap (learned per tensor) | dyneval (Krause's fixed rule)
     lm_checkpoint: Optional[str] = None  # stage-1 checkpoint to start from (required for stage=meta)
     # Which parameters are dynamic (medium-term memory): fnmatch patterns over named_parameters().
     dynamic: List[str] = field(default_factory=lambda: ["layers.*"])
     seg_len: int = 5  # L: tokens per segment (one update per segment)
     window: int = 4  # K: segments per truncated meta-BPTT window
     batch_size: int = 4  # B: parallel article streams, each with its own dynamic weights
-    # Krause et al. (2017) dynamic evaluation: the fixed rule, and the gated rule's initialisation. Defaults are
-    # his dynamiceval.py's (its new hyperparameter scale; README "Dynamic evaluation as Krause did it").
-    lr: float = 0.00005  # η, the step size
-    lam: float = 0.002  # λ (decay toward the static weights)
-    eps: float = 0.00002  # ε in g / (rms + ε)
-    update_gate_init: float = 0.5  # the UPDATE gate at initialisation; α starts at η / this
-    hidden: int = 16  # width of the coordinate-wise MLP
-    tensor_emb: int = 4  # size of the learned embedding of the tensor a coordinate belongs to
-    momentum: bool = False  # per-coordinate momentum state (Titans-style)
-    momentum_init: float = 0.5  # the momentum coefficient at initialisation
-    meta_lr: float = 0.001  # Adam on φ
-    meta_clip: float = 1.0  # meta-gradient norm clipping
+    learner_lr: float = 0.001  # Adam's learning rate on the rule's parameters φ
+    clip: float = 1.0  # meta-gradient norm clipping
     train_static: bool = False  # also refine θ0 under the EWC penalty
-    static_lr: float = 0.0001  # Adam on θ0 (train_static)
+    static_lr: float = 0.0001  # Adam's learning rate on θ0 (train_static)
     ewc: float = 0.0  # λ_EWC for Σ F_i (θ0_i − θ0*_i)²
     checkpoint_segments: bool = True  # recompute activations in the backward pass instead of storing them
     second_order: bool = False  # the full meta-gradient (through the gradients of the inner updates)
@@ -154,6 +143,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # The update rule (`rule=NAME`, conf/rule/): stage 2 trains it; its keys are its own schema's
+    # (dynlm/dynamic/registry.py).
+    rule: Any = MISSING
     meta: MetaConfig = field(default_factory=MetaConfig)
 
 
@@ -167,25 +159,48 @@ class ConfigValueError(DynlmError, ValueError):
 
 
 # key -> (lowest, highest, whether the lowest itself is allowed[, whether the highest is]); checked before any work
-# starts
+# starts (a rule's own keys: its schema's `ranges`, dynlm/dynamic/registry.py)
 RANGES = {
     "optim.lr": (0.0, None, False), "optim.weight_decay": (0.0, None, True), "trainer.clip": (0.0, None, True),
     "optim.decay_patience": (1, None, True), "optim.decay": (0.0, 1.0, False, True),  # decay 1: a constant rate
-    "meta.lr": (0.0, None, False), "meta.lam": (0.0, None, True), "meta.eps": (0.0, None, False),
-    "meta.update_gate_init": (0.0, 1.0, False), "meta.momentum_init": (0.0, 1.0, False),
-    "meta.meta_lr": (0.0, None, False), "meta.meta_clip": (0.0, None, False), "meta.static_lr": (0.0, None, False),
+    "meta.learner_lr": (0.0, None, False), "meta.clip": (0.0, None, False), "meta.static_lr": (0.0, None, False),
     "meta.ewc": (0.0, None, True), "meta.seg_len": (1, None, True), "meta.window": (1, None, True),
     "meta.batch_size": (1, None, True), "meta.gradstat_streams": (1, None, True),
-    "meta.max_skipped_windows": (1, None, True), "meta.es_sigma": (0.0, None, False), "meta.es_pairs": (1, None, True), "data.batch_size": (1, None, True), "data.bptt": (1, None, True),
+    "meta.max_skipped_windows": (1, None, True), "meta.es_sigma": (0.0, None, False), "meta.es_pairs": (1, None, True),
+    "data.batch_size": (1, None, True), "data.bptt": (1, None, True),
     "trainer.valid_max_tokens": (2, None, True), "data.meta_holdout_articles": (0, None, True),
 }
+
+# Keys that were renamed, old -> new: an old command line fails with the new name instead of meaning something
+# else (`meta.lr` was Krause's η, the rule's `rule.eta`; Adam's rate on φ was `meta.meta_lr`). `rule` alone: the
+# group choice `rule=NAME`. Checkpoints written with the old names are read through `dynamic.rules.upgrade_config`.
+RENAMED_KEYS = {
+    "meta.name": "rule", "meta.lr": "rule.eta", "meta.lam": "rule.lam", "meta.eps": "rule.eps",
+    "meta.update_gate_init": "rule.update_gate_init", "meta.hidden": "rule.hidden",
+    "meta.tensor_emb": "rule.tensor_emb", "meta.momentum": "rule.momentum", "meta.momentum_init": "rule.momentum_init",
+    "meta.meta_lr": "meta.learner_lr", "meta.meta_clip": "meta.clip", "eval.dyneval_lr": "eval.dyneval_eta",
+}
+RENAMED_GROUPS = {"meta": "rule"}  # `meta=gated` chose the rule: now `rule=gated`
+
+
+def renamed_message(key: str, value: str) -> str | None:
+    """What replaces an old `key=value` of the command line, or None when the key was not renamed."""
+    section = key.split(".", 1)[0]
+    if key in RENAMED_GROUPS and "." not in key:
+        return f"{key}={value} is now {RENAMED_GROUPS[key]}={value} (the update rule is chosen with rule=NAME)"
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return None
+    if "." not in new:
+        return f"{key}={value} is now the choice {new}={value}"
+    return f"{key} was renamed {new}: use {new}={value}" + (
+        " (the update rule's own keys are rule.*)" if section != new.split(".", 1)[0] else "")
 
 
 # Stage-2 keys that only one choice reads, with that choice: set under another, they would be silently ignored.
 ONLY_WITH = {
-    "meta.hidden": ("name", "gated"), "meta.tensor_emb": ("name", "gated"), "meta.momentum": ("name", "gated"),
-    "meta.momentum_init": ("name", "gated"), "meta.es_sigma": ("estimator", "es"),
-    "meta.es_pairs": ("estimator", "es"), "meta.static_lr": ("train_static", True), "meta.ewc": ("train_static", True),
+    "meta.es_sigma": ("estimator", "es"), "meta.es_pairs": ("estimator", "es"),
+    "meta.static_lr": ("train_static", True), "meta.ewc": ("train_static", True),
 }
 
 
@@ -195,36 +210,40 @@ def _text(value) -> str:
 
 def check_choice_keys(cfg) -> None:
     """A stage-2 key set away from its default where the choice that reads it is not made is an error, not a no-op
-    (every config key has an effect: `meta=cheap meta.momentum=true` would otherwise train without momentum)."""
+    (every config key has an effect: `meta.es_pairs=4` under `meta.estimator=bptt` would otherwise do nothing)."""
     if cfg.stage != "meta":
         return
     defaults = MetaConfig()
     for key, (choice, wanted) in ONLY_WITH.items():
         name = key.split(".")[1]
         if cfg.meta[choice] != wanted and cfg.meta[name] != getattr(defaults, name):
-            # as the user writes them: `meta=gated` selects the rule, booleans in lower case
-            made = f"meta={cfg.meta[choice]}" if choice == "name" else f"meta.{choice}={_text(cfg.meta[choice])}"
-            needed = f"meta={wanted}" if choice == "name" else f"meta.{choice}={_text(wanted)}"
+            made, needed = f"meta.{choice}={_text(cfg.meta[choice])}", f"meta.{choice}={_text(wanted)}"
             raise ConfigValueError(f"{key}={_text(cfg.meta[name])} has no effect with {made}: it is read only with "
                                    f"{needed}; remove it, or set {needed}")
 
 
+def check_range(key: str, value, bounds) -> None:
+    """`value` is finite and within `bounds` = (lowest, highest, whether the lowest is allowed[, the highest]);
+    None (an optional key's "no limit") passes."""
+    if value is None:
+        return
+    low, high, low_ok, *high_ok = bounds
+    high_ok = bool(high_ok and high_ok[0])
+    bad = not math.isfinite(float(value)) or value < low or (value == low and not low_ok) or (
+        high is not None and (value > high or (value == high and not high_ok)))
+    if bad:
+        span = f"{'>=' if low_ok else '>'} {low}" + (
+            f" and {'<=' if high_ok else '<'} {high}" if high is not None else "")
+        raise ConfigValueError(f"{key}={value} is out of range: it must be finite and {span}")
+
+
 def check_ranges(cfg) -> None:
-    """Every key of `RANGES` is finite and in its range: a run with `meta.lr=inf` would only skip every update.
-    Stage-2 keys that the chosen rule or estimator does not read must be left at their defaults."""
+    """Every key of `RANGES` is finite and in its range: a run with `meta.learner_lr=inf` would only skip every
+    update. Stage-2 keys that the chosen estimator or θ0 refinement does not read must be left at their defaults."""
     check_choice_keys(cfg)
-    for key, (low, high, low_ok, *high_ok) in RANGES.items():
+    for key, bounds in RANGES.items():
         section, name = key.split(".")
-        value = cfg[section][name]
-        if value is None:  # optional keys: null means "no limit"
-            continue
-        high_ok = bool(high_ok and high_ok[0])
-        bad = not math.isfinite(float(value)) or value < low or (value == low and not low_ok) or (
-            high is not None and (value > high or (value == high and not high_ok)))
-        if bad:
-            span = f"{'>=' if low_ok else '>'} {low}" + (
-                f" and {'<=' if high_ok else '<'} {high}" if high is not None else "")
-            raise ConfigValueError(f"{key}={value} is out of range: it must be finite and {span}")
+        check_range(key, cfg[section][name], bounds)
 
 
 def register_configs() -> None:
@@ -235,7 +254,6 @@ def register_configs() -> None:
     cs.store(group="optim", name="base_optim", node=OptimConfig)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
     cs.store(group="logger", name="base_logger", node=LoggerConfig)
-    cs.store(group="meta", name="base_meta", node=MetaConfig)
 
 
 __all__ = [
@@ -248,6 +266,9 @@ __all__ = [
     "MetaConfig",
     "register_configs",
     "check_choice_keys",
+    "check_range",
+    "renamed_message",
+    "RENAMED_KEYS",
     "check_ranges",
     "ConfigValueError",
     "DynlmError",

@@ -33,9 +33,9 @@ rules read are measured on it through `grad_stats_for`, the path stage 2 and eva
                   `es_vs_stage1`: the same with `meta.estimator=es` (K=32: 2P + 1 reads of the window without
                   a graph) per token / `lm_step` per token.
 - `adaptive_eval` time per token of `dynlm.dynamic.reading.read_stream` with the `meta` rule and the
-                  `dyneval` rule (`build_rule(cfg.meta, ..., name=...)`, L = meta.seg_len, batch 1) / static
+                  `dyneval` rule (`build_rule(rule_config(name, like=cfg.rule), ...)`, L = meta.seg_len, batch 1) / static
                   `read_stream` (`data.eval_bptt` tokens per forward pass), on the synthetic valid tokens;
-                  `cheap_vs_dyneval`: the cheap learned rule (`name="cheap"`) per token / dyneval per token,
+                  `cheap_vs_dyneval`: the cheap learned rule (`rule=cheap`) per token / dyneval per token,
                   same L and adapted set (target <= 1.3, `cheap_vs_dyneval_met`), LSTM weights
                   (`meta.dynamic`'s default); `cheap_vs_dyneval_all`: the same with every parameter adapting.
 - `grad_stats`    time of Krause's gradient statistics (`grad_stats_for`: every parameter, batches of
@@ -88,7 +88,7 @@ from dynlm.config import register_configs  # noqa: E402
 from dynlm.data import MetaStreams, Split, WordVocab, batchify, build_split, get_batch  # noqa: E402
 from dynlm.dynamic.fast_weights import select_dynamic  # noqa: E402
 from dynlm.dynamic.reading import read_stream, stream_starts  # noqa: E402
-from dynlm.dynamic.rules import build_rule  # noqa: E402
+from dynlm.dynamic.rules import build_rule, rule_config  # noqa: E402
 from dynlm.model import AWDLSTM, build_model, lstm_layer, lstm_layer_loop, static_weights  # noqa: E402
 from dynlm.run.allocator import keep_freed_memory, return_freed_memory, trim_freed_memory  # noqa: E402
 from dynlm.run.from_checkpoint import grad_stats_for  # noqa: E402
@@ -105,7 +105,7 @@ TARGETS = {
     "dyneval": ("<=", 4.0),
     "memory": ("<=", 1.5),
 }
-CHEAP_TARGET = 1.3  # adaptive_eval's `cheap_vs_dyneval`: meta=cheap per token / dyneval per token
+CHEAP_TARGET = 1.3  # adaptive_eval's `cheap_vs_dyneval`: rule=cheap per token / dyneval per token
 
 
 @dataclass(frozen=True)
@@ -459,9 +459,9 @@ def fig_meta_train(s: Sizes, device, quick: bool) -> dict:
     cfg = bench_config(s)
     data = synthetic_data(s)
     model, names, streams, stats = stage2_setup(cfg, s, data, device)
-    meta = MetaWindows(build_meta_learning(cfg.meta, model, names, stats), streams)
+    meta = MetaWindows(build_meta_learning(cfg.meta, cfg.rule, model, names, stats), streams)
     es_cfg = bench_config(s, **{"meta.estimator": "es", "meta.window": s.es_window})
-    es = MetaWindows(build_meta_learning(es_cfg.meta, model, names, stats), streams)
+    es = MetaWindows(build_meta_learning(es_cfg.meta, es_cfg.rule, model, names, stats), streams)
     # stage 1 on the same model config and the same tokens: each call the next window's K·L tokens of the
     # B streams as one [K·L, B] batch, in step with the meta windows
     K, L, B = cfg.meta.window, cfg.meta.seg_len, streams.num_streams
@@ -486,7 +486,7 @@ def fig_meta_train(s: Sizes, device, quick: bool) -> dict:
         windows_read=len(reports), skipped_windows=sum(bool(r.skipped) for r in reports),
         es_vs_stage1=paired_ratio(times, "es", "stage1", scale=n / n_es), es_ms_per_token=1e3 * med(times["es"]) / n_es,
         es_window=s.es_window, es_pairs=es_cfg.meta.es_pairs,
-        compared=f"meta_window (meta={cfg.meta.name}, dynamic={list(cfg.meta.dynamic)}, checkpointed="
+        compared=f"meta_window (rule={cfg.rule.name}, dynamic={list(cfg.meta.dynamic)}, checkpointed="
                  f"{cfg.meta.checkpoint_segments}, second_order={cfg.meta.second_order}) vs lm_step on its tokens",
         sizes=sizes_of(cfg, data, B=B, L=L, K=K),
     )
@@ -496,12 +496,12 @@ def fig_adaptive_eval(s: Sizes, device, quick: bool) -> dict:
     cfg = bench_config(s)
     data = synthetic_data(s)
     model, names, _, stats = stage2_setup(cfg, s, data, device)
-    meta = build_rule(cfg.meta, names, stats, name="gated").to(device)
-    cheap = build_rule(cfg.meta, names, stats, name="cheap").to(device)
-    dyneval = build_rule(cfg.meta, names, stats, name="dyneval").to(device)
+    meta, cheap, dyneval = (build_rule(rule_config(k, like=cfg.rule), names, stats).to(device)
+                            for k in ("gated", "cheap", "dyneval"))
     every = select_dynamic(model, ["*"])
     every_stats = rule_stats(cfg, s, model, every, data)
-    cheap_all, dyneval_all = (build_rule(cfg.meta, every, every_stats, name=k).to(device) for k in ("cheap", "dyneval"))
+    cheap_all, dyneval_all = (build_rule(rule_config(k, like=cfg.rule), every, every_stats).to(device)
+                              for k in ("cheap", "dyneval"))
     ids, eos, L = data.valid.ids[: s.eval_tokens], data.vocab.eos_id, cfg.meta.seg_len
     fns = {
         "static": lambda: read_stream(model, ids, eos, cfg.data.eval_bptt),
@@ -586,7 +586,7 @@ def fig_dyneval(s: Sizes, device, quick: bool) -> dict:
     for label, patterns in (("all", ["*"]), ("lstm", ["layers.*"])):
         names = select_dynamic(model, patterns)
         stats = rule_stats(cfg, s, model, names, data)
-        rules[label] = (build_rule(cfg.meta, names, stats, name="dyneval").to(device), names)
+        rules[label] = (build_rule(rule_config("dyneval", like=cfg.rule), names, stats).to(device), names)
         sizes[label] = sum(t.numel() * t.element_size() for t in static_weights(model, names).values())
         moved[label] = DYNEVAL_PASSES * sizes[label] + STATIC_PASSES * (total - sizes[label])  # bytes per segment
     ids = data.valid.ids[: s.eval_tokens]
@@ -689,7 +689,7 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
 
     def windows(k: int, ckpt: bool) -> MetaWindows:
         c = bench_config(s, **{"meta.window": k, "meta.checkpoint_segments": ckpt})
-        return MetaWindows(build_meta_learning(c.meta, model, names, stats), streams)
+        return MetaWindows(build_meta_learning(c.meta, c.rule, model, names, stats), streams)
 
     peaks: Dict[str, float] = {}
     extrapolated: List[str] = []
@@ -720,7 +720,7 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
     k_lo, k_hi = s.memory_windows[0], s.memory_windows[-1]
     def es_windows(k: int) -> MetaWindows:
         c = bench_config(s, **{"meta.window": k, "meta.estimator": "es"})
-        return MetaWindows(build_meta_learning(c.meta, model, names, stats), streams)
+        return MetaWindows(build_meta_learning(c.meta, c.rule, model, names, stats), streams)
 
     es_windows(1)()  # its first-call allocations outside the measurements too
     for k in (k_lo, k_hi):  # the ES estimator: no graph, so its peak should not grow with K

@@ -71,14 +71,14 @@ echo "== gradient statistics (Krause's: 100 streams x 5 tokens, 200,000 train to
 "$PYTHON" scripts/evaluate.py checkpoint="$CKPT" split=valid methods=[dyneval] eval.max_articles=1 \
     eval.progress_bar=false hydra.run.dir="$OUT/stats" "${EVAL_EXTRA[@]}" >"$OUT/stats.log" 2>&1
 
-# best_setting DIR -> "lr lam" of the lowest dyneval perplexity among the sweep's jobs
+# best_setting DIR -> "eta lam" of the lowest dyneval perplexity among the sweep's jobs
 best_setting() {
     "$PYTHON" - "$1" <<'BEST'
 import json, pathlib, sys
 runs = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).rglob("results.json")]
 ppl = lambda r: float(r["methods"]["dyneval"]["ppl"])  # "inf"/"nan" (strings) for a diverged setting
 best = min(runs, key=lambda r: float("inf") if ppl(r) != ppl(r) else ppl(r))
-print(best["dyneval"]["lr"], best["dyneval"]["lam"])
+print(best["dyneval"]["eta"], best["dyneval"]["lam"])
 BEST
 }
 
@@ -99,7 +99,7 @@ for set in all lstm; do
         [ -n "$part" ] || continue
         OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PYTHON" scripts/evaluate.py -m checkpoint="$CKPT" split=valid \
             methods=[dyneval] eval.max_articles="$GRID_ARTICLES" eval.progress_bar=false "${dynamic[@]}" \
-            eval.dyneval_lr="$part" eval.dyneval_lam="$GRID_LAM" hydra.sweep.dir="$OUT/grid-$set/part$half_no" \
+            eval.dyneval_eta="$part" eval.dyneval_lam="$GRID_LAM" hydra.sweep.dir="$OUT/grid-$set/part$half_no" \
             "${EVAL_EXTRA[@]}" >"$OUT/grid-$set-part$half_no.log" 2>&1 &
         pids+=($!)
     done
@@ -107,10 +107,10 @@ for set in all lstm; do
         wait "$pid" || { echo "a grid job of $set failed; see $OUT/grid-$set-part*.log" >&2; exit 1; }
     done
     "$PYTHON" scripts/sweep_table.py "$OUT/grid-$set" --sort-by dyneval | tee "$OUT/grid-$set.txt"
-    read -r lr lam <<<"$(best_setting "$OUT/grid-$set")"
-    echo "== tuned dyneval ($set: lr $lr, lam $lam), first $VALID_ARTICLES valid and $TEST_ARTICLES test articles"
+    read -r eta lam <<<"$(best_setting "$OUT/grid-$set")"
+    echo "== tuned dyneval ($set: eta $eta, lam $lam), first $VALID_ARTICLES valid and $TEST_ARTICLES test articles"
     side_by_side "tuned-$set" "$VALID_ARTICLES $TEST_ARTICLES" methods=[static,dyneval] "${dynamic[@]}" \
-        eval.dyneval_lr="$lr" eval.dyneval_lam="$lam"
+        eval.dyneval_eta="$eta" eval.dyneval_lam="$lam"
 done
 
 "$PYTHON" - "$OUT" <<'SUMMARY'
@@ -123,5 +123,5 @@ for split in ("valid", "test"):
         t = json.load(open(f"{out}/tuned-{s}-{split}/results.json"))
         st, dy = t["methods"]["static"]["ppl"], t["methods"]["dyneval"]["ppl"]
         print(f"  first {t['num_articles']} articles ({t['num_tokens']} tokens): static {st:.2f} -> dyneval "
-              f"({label}, lr {t['dyneval']['lr']}, lam {t['dyneval']['lam']}) {dy:.2f} ({100 * (dy / st - 1):+.1f}%)")
+              f"({label}, eta {t['dyneval']['eta']}, lam {t['dyneval']['lam']}) {dy:.2f} ({100 * (dy / st - 1):+.1f}%)")
 SUMMARY

@@ -2,7 +2,7 @@
 """Print one perplexity table for a sweep of evaluations, best first.
 
     python scripts/evaluate.py -m checkpoint=PATH split=valid methods=[static,dyneval] eval.max_articles=10 \
-        eval.dyneval_lr=0.001,0.002,0.004 eval.dyneval_lam=0.02,0.005,0.001
+        eval.dyneval_eta=0.001,0.002,0.004 eval.dyneval_lam=0.02,0.005,0.001
     python scripts/sweep_table.py runs/eval-sweep/<date>_<time> [--sort-by dyneval]
 """
 import argparse

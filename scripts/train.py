@@ -2,15 +2,17 @@
 """Train the static LM (`stage=lm`, default) or the meta-learner (`stage=meta`).
 
     python scripts/train.py model=small data.dir=../shared/data/wikitext-2
-    python scripts/train.py stage=meta meta.lm_checkpoint=runs/lm/.../checkpoints/best.pt ...
+    python scripts/train.py stage=meta rule=cheap meta.lm_checkpoint=runs/lm/.../checkpoints/best.pt ...
 """
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dynlm.config import Config, register_configs
+from dynlm.dynamic.rules import GROUP, rule_names, rule_spec
 from dynlm.run.cli import check_config, check_overrides, register_help, user_errors
 from dynlm.train import train
 
@@ -27,5 +29,6 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     with user_errors():
-        check_overrides(sys.argv[1:], Config)
+        check_overrides(sys.argv[1:], Config, {GROUP: {n: rule_spec(n).config for n in rule_names()}},
+                        Path(__file__).resolve().parents[1] / "conf" / "config.yaml")
     main()

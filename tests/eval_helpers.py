@@ -58,7 +58,7 @@ def make_checkpoint(data_dir: Path, path: Path, stage: str = "lm", overrides: Se
         names = select_dynamic(model, cfg.meta.dynamic)
         params = dict(model.named_parameters())
         stats = GradStats({n: torch.ones_like(params[n]) for n in names}, tokens=1000)
-        learner = build_rule(cfg.meta, names, stats)
+        learner = build_rule(cfg.rule, names, stats)
         if learner_fn is not None:
             learner_fn(learner)
         payload.update(dynamic_names=names, grad_stats=stats.state_dict(),

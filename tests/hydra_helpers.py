@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from dynlm.config import register_configs
+from dynlm.dynamic import rules  # noqa: F401 - registers the rules' config nodes (conf/rule/)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -42,7 +43,7 @@ def meta_overrides(data_dir, lm_checkpoint, **extra) -> list:
     """A tiny stage-2 run from `lm_checkpoint`: each test adds its sizes (streams, L, K, steps) in `extra`."""
     base = {
         "stage": "meta", "meta.lm_checkpoint": str(lm_checkpoint), "data.dir": str(data_dir),
-        "meta.valid_articles": 1, "meta.meta_lr": 0.01, "trainer.max_epochs": "null", "trainer.log_interval": 1,
+        "meta.valid_articles": 1, "meta.learner_lr": 0.01, "trainer.max_epochs": "null", "trainer.log_interval": 1,
         "trainer.progress_bar": "false", "trainer.device": "cpu",
     }
     base.update(extra)

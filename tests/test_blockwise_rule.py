@@ -84,7 +84,7 @@ def test_untrained_learner_is_dyneval_and_dyneval_is_the_gated_update():
     new_dyn, _, _ = dyneval(fast, grads, theta0, loss, {})
     for n in names:
         copy, update, flush = learner.prior(n).exp()
-        step = (learner.lr / learner.update_init) * normalized_grad(grads[n], learner.rms(n), learner.eps)
+        step = (learner.eta / learner.update_init) * normalized_grad(grads[n], learner.rms(n), learner.eps)
         expected = gated_update(fast[n], theta0[n], step, copy, update, flush)
         torch.testing.assert_close(new_dyn[n], expected, rtol=1e-12, atol=1e-15)
         # log α is initialised in float32 (then cast), so α matches η/u to ~1e-7 relative

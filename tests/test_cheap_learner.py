@@ -1,4 +1,4 @@
-"""meta=cheap: Krause's rule scaled per (tensor, stream) from shared context. It starts as dynamic evaluation,
+"""rule=cheap: Krause's rule scaled per (tensor, stream) from shared context. It starts as dynamic evaluation,
 its decay cannot overshoot θ0, its context resets at article boundaries, it meta-trains, checkpoints and resumes
 exactly, and scripts/evaluate.py's path loads it from a stage-2 checkpoint."""
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from dynlm.dynamic.cheap_learner import ContextRule, context_features
 from dynlm.dynamic.reading_state import fresh_state
-from dynlm.dynamic.rules import DynEvalRule
+from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.segment import adapt_segment
 from dynlm.eval.evaluate import evaluate
 from dynlm.model import static_weights
@@ -16,7 +16,7 @@ from dynamic_helpers import random_stats, read, tiny_model, tokens
 from eval_helpers import compose_eval
 from hydra_helpers import meta_overrides, records, straight_and_resumed
 
-KRAUSE = dict(lr=0.002, lam=0.02, eps=0.001, update=0.5)
+KRAUSE = dict(eta=0.002, lam=0.02, eps=0.001)
 
 
 def _setup(dtype=torch.float32, lam=KRAUSE["lam"]):
@@ -148,7 +148,7 @@ def test_a_learner_state_at_its_shared_initial_value_is_saved_one_row_per_stream
     assert _state_dict(state)["learner"]["context"].shape == (3, 2)  # gathered and sharded by rows
 
 
-SIZES = {"meta": "cheap", "meta.batch_size": 3, "meta.seg_len": 4, "meta.window": 3, "meta.gradstat_tokens": 600,
+SIZES = {"rule": "cheap", "meta.batch_size": 3, "meta.seg_len": 4, "meta.window": 3, "meta.gradstat_tokens": 600,
          "meta.valid_max_tokens": 300, "trainer.max_steps": 6, "trainer.eval_interval": 3}
 
 
@@ -157,7 +157,7 @@ def test_stage2_with_meta_cheap_trains_resumes_exactly_and_evaluates(lm_checkpoi
     data, ckpt = lm_checkpoint
     over = meta_overrides(data, ckpt, **SIZES)
     a, b = straight_and_resumed(over, tmp_path)
-    assert a["progress"]["step"] == b["progress"]["step"] == 6 and a["config"]["meta"]["name"] == "cheap"
+    assert a["progress"]["step"] == b["progress"]["step"] == 6 and a["config"]["rule"]["name"] == "cheap"
     assert set(a["meta_learner"]) == {"weight", "bias"}
     assert float(a["meta_learner"]["weight"].abs().sum()) > 0  # a few windows moved φ off zero
     for k in a["meta_learner"]:
@@ -170,7 +170,7 @@ def test_stage2_with_meta_cheap_trains_resumes_exactly_and_evaluates(lm_checkpoi
     assert all(r["meta/scale/step"] > 0 and r["meta/scale/decay"] > 0 for r in steps)
 
     cfg = compose_eval([f"checkpoint={tmp_path / 'full' / 'checkpoints' / 'last.pt'}", "split=valid",
-                        "eval.max_articles=1", "eval.progress_bar=false", "methods=[static,dyneval,meta]"])
+                        "eval.max_articles=1", "eval.progress_bar=false", "methods=[static,dyneval,learned]"])
     results = evaluate(cfg, tmp_path / "eval")
-    assert all(results["methods"][m]["ppl"] > 0 for m in ("static", "dyneval", "meta"))
-    assert results["methods"]["meta"]["ppl"] != results["methods"]["dyneval"]["ppl"]  # the trained φ was used
+    assert all(results["methods"][m]["ppl"] > 0 for m in ("static", "dyneval", "learned"))
+    assert results["methods"]["learned"]["ppl"] != results["methods"]["dyneval"]["ppl"]  # the trained φ was used

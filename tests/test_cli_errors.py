@@ -49,6 +49,23 @@ def test_a_config_of_ones_own_is_checked_against_the_schema_too(tmp_path):
     assert not (run / "config.yaml").exists()
 
 
+@pytest.mark.parametrize("script, args, says", [
+    ("train", ["meta.lr=5e-5"], "meta.lr was renamed rule.eta: use rule.eta=5e-5"),
+    ("train", ["meta.meta_lr=0.01"], "meta.meta_lr was renamed meta.learner_lr: use meta.learner_lr=0.01"),
+    ("train", ["meta=cheap"], "meta=cheap is now rule=cheap"),
+    ("train", ["rule=cheap", "rule.momentum=true"], "rule.momentum has no effect with rule=cheap: it is a key of "
+                                                    "rule=gated"),
+    ("train", ["rule=nope"], "unknown rule=nope: choose among rule=dyneval"),
+    ("evaluate", ["eval.dyneval_lr=0.001"], "eval.dyneval_lr was renamed eval.dyneval_eta"),
+    ("evaluate", ["methods=[static,meta]"], "the method meta is now called learned"),
+])
+def test_an_old_name_or_another_rules_key_fails_with_what_to_write_instead(tmp_path, script, args, says):
+    """An old command line never runs with its keys meaning something else (`meta.lr` was Krause's η)."""
+    run = tmp_path / "run"
+    assert says in _one_line_error(_run(script, *args, f"hydra.run.dir={run}"))
+    assert not run.exists() or args[0].startswith("methods")  # a key fails before Hydra makes the run folder
+
+
 def test_evaluate_rejects_the_training_groups_by_name(tmp_path):
     proc = _run("evaluate", "model=tiny", f"hydra.run.dir={tmp_path / 'run'}")
     assert "unknown config key model" in _one_line_error(proc)
@@ -100,11 +117,13 @@ def _help(script, *args):
 
 def test_train_help_lists_its_groups_without_schema_names_and_describes_every_key():
     out, groups, keys = _help("train", "model=tiny")
-    assert set(groups) == {"data", "model", "optim", "trainer", "logger", "meta"}
+    assert set(groups) == {"data", "model", "optim", "trainer", "logger", "rule"}
+    assert groups["rule"] == "cheap|dyneval|gated*"
     assert groups["model"] == "awd_lstm|small|tiny*"  # options, the current one marked
     assert "base_" not in out
     assert keys["model.hidden_size=32"]  # the current value, after the override
     assert "training steps" in keys["trainer.max_steps=null"]
+    assert keys["rule.hidden=16"] and keys["rule.eta=5e-05"]  # the chosen rule's keys, inherited ones described
     assert [k for k, doc in keys.items() if not doc] == []  # a new key without a comment shows up here
 
 
@@ -112,7 +131,7 @@ def test_evaluate_help_lists_only_what_evaluate_takes():
     out, groups, keys = _help("evaluate")
     assert set(groups) == {"logger"}
     assert "base_" not in out
-    assert not [k for k in keys if k.split(".")[0] in ("model", "optim", "trainer", "meta")]
+    assert not [k for k in keys if k.split(".")[0] in ("model", "optim", "trainer", "meta", "rule")]
     assert "scripts/train.py" in keys["checkpoint=null"]
     assert [k for k, doc in keys.items() if not doc] == []
 

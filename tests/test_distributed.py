@@ -179,8 +179,8 @@ META_SIZES = {"meta.batch_size": 4, "meta.seg_len": 4, "meta.window": 2, "meta.g
 def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_data_dir, lm_no_dropout, tmp_path,
                                                                             rule):
     # the gated rule with its per-coordinate momentum state (a key only it reads)
-    momentum = {"meta.momentum": "true"} if rule == "gated" else {}
-    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES, **momentum, meta=rule)
+    momentum = {"rule.momentum": "true"} if rule == "gated" else {}
+    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES, **momentum, rule=rule)
     one, two = tmp_path / "one", tmp_path / "two"
     train(compose_config(over + ["trainer.stop_after_steps=2"]), one)
     a2 = load_checkpoint(one / "checkpoints" / "last.pt")

@@ -6,7 +6,7 @@ import torch
 from dynlm.dynamic.fast_weights import select_dynamic
 from dynlm.dynamic.gated_update import gated_update, krause_gate_logits
 from dynlm.dynamic.reading import read_stream
-from dynlm.dynamic.rules import DynEvalRule
+from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.model import static_weights, token_nll
 
 from dynamic_helpers import dyneval_for, random_stats, read, setup, tiny_model, tokens
@@ -44,7 +44,7 @@ def test_dyneval_takes_a_step_of_krauses_rule_on_every_parameter():
     big = names.index("layers.1.weight_hh")
     stats.v[names[big]][0, 0] = 1e3  # one coordinate whose decay rate Krause caps at 1/λ
     lr, lam, eps = 0.01, 0.05, 1e-4
-    rule = DynEvalRule(names, stats, lr=lr, lam=lam, eps=eps, update=0.5)
+    rule = DynEvalRule(names, stats, eta=lr, lam=lam, eps=eps)
     seg = torch.tensor([[3], [4], [5], [3], [4], [5]])
     _, state = read(model, rule, names, [seg])
 
@@ -105,7 +105,7 @@ def test_dynamic_embedding_update_changes_both_ends_and_stays_tied():
     names = select_dynamic(model, ["embedding.weight"])
     assert names == ["embedding.weight"]
     stats = random_stats(model, names)
-    rule = DynEvalRule(names, stats, lr=0.01, lam=0.02, eps=1e-3, update=0.5)
+    rule = DynEvalRule(names, stats, eta=0.01, lam=0.02, eps=1e-3)
     seg = torch.tensor([[3], [4], [5], [3], [4], [5]])
     _, state = read(model, rule, names, [seg])
     table0 = model.embedding.weight
@@ -144,7 +144,7 @@ def test_dyneval_recomputes_its_anchor_when_theta0_changes():
     torch.manual_seed(0)
     model = tiny_model(torch.float64).eval()
     names = select_dynamic(model, ["layers.*"])
-    rule = DynEvalRule(names, random_stats(model, names), lr=0.01, lam=0.05, eps=1e-4, update=0.5)
+    rule = DynEvalRule(names, random_stats(model, names), eta=0.01, lam=0.05, eps=1e-4)
     theta0 = {n: t.detach().clone() for n, t in static_weights(model, names).items()}
     fast = {n: t.unsqueeze(0) + 0.1 for n, t in theta0.items()}
     grads = {n: torch.randn_like(t) for n, t in fast.items()}

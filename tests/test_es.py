@@ -56,12 +56,14 @@ def _tiny_learning(es_sigma, es_pairs=1):
     from omegaconf import OmegaConf
 
     from dynlm.config import MetaConfig
+    from dynlm.dynamic.rules import rule_config
 
     model = tiny_model(dropout=True)
     names = [n for n, _ in model.named_parameters() if n.startswith("layers.")]
-    mc = OmegaConf.merge(OmegaConf.structured(MetaConfig), {"name": "cheap", "window": 3, "seg_len": 4, "lr": 0.01, "lam": 0.02,
-                                                           "batch_size": 2, "es_sigma": es_sigma, "es_pairs": es_pairs})
-    return build_meta_learning(mc, model, names, random_stats(model, names))
+    mc = OmegaConf.merge(OmegaConf.structured(MetaConfig), {"window": 3, "seg_len": 4, "batch_size": 2,
+                                                           "es_sigma": es_sigma, "es_pairs": es_pairs})
+    rule = rule_config("cheap", like={"eta": 0.01, "lam": 0.02})
+    return build_meta_learning(mc, rule, model, names, random_stats(model, names))
 
 
 class _Streams:
@@ -130,7 +132,7 @@ def test_the_gradient_an_es_window_steps_with_is_the_estimate_from_its_plus_and_
 
     torch.manual_seed(0)
     ml = _tiny_learning(es_sigma=0.3, es_pairs=3)
-    ml.meta.meta_clip = 1e9
+    ml.meta.clip = 1e9
     params = list(ml.learner.parameters())
     for p in params:
         torch.nn.init.normal_(p, std=0.1)
@@ -159,7 +161,7 @@ def test_the_gradient_an_es_window_steps_with_is_the_estimate_from_its_plus_and_
     assert float(used.norm()) > 0
 
 
-SIZES = {"meta": "cheap", "meta.estimator": "es", "meta.es_pairs": 2, "meta.batch_size": 3, "meta.seg_len": 4,
+SIZES = {"rule": "cheap", "meta.estimator": "es", "meta.es_pairs": 2, "meta.batch_size": 3, "meta.seg_len": 4,
          "meta.window": 10, "meta.gradstat_tokens": 600, "meta.valid_max_tokens": 300, "trainer.max_steps": 6,
          "trainer.eval_interval": 3}
 
@@ -186,4 +188,4 @@ def test_stage2_with_the_es_estimator_trains_and_resumes_exactly(lm_checkpoint, 
 def test_bad_estimator_settings_say_what_to_change(lm_checkpoint, tmp_path, extra, match):
     data, ckpt = lm_checkpoint
     with pytest.raises(ValueError, match=match):
-        train(compose_config(meta_overrides(data, ckpt, meta="cheap", **{"trainer.max_steps": 1}) + extra), tmp_path)
+        train(compose_config(meta_overrides(data, ckpt, rule="cheap", **{"trainer.max_steps": 1}) + extra), tmp_path)

@@ -128,25 +128,25 @@ def test_evaluate_all_methods_end_to_end(trained, tmp_path):
     check_outputs(run, results, split)
     # default HTML pages: where meta helps most and least
     assert len(results["html_articles"]) == 2
-    gains = [(r["static"]["nll"] - r["meta"]["nll"]) / r["tokens"] for r in results["articles"]]
+    gains = [(r["static"]["nll"] - r["learned"]["nll"]) / r["tokens"] for r in results["articles"]]
     assert results["html_articles"] == [int(np.argmax(gains)), int(np.argmin(gains))]
     # the untrained-ish learner starts as dyneval: both adapt, and far better than static on this tiny model
     assert results["methods"]["dyneval"]["ppl"] < results["methods"]["static"]["ppl"]
-    assert results["methods"]["meta"]["ppl"] < results["methods"]["static"]["ppl"]
+    assert results["methods"]["learned"]["ppl"] < results["methods"]["static"]["ppl"]
     scalars = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert close(scalars["eval/valid/meta/ppl"], results["methods"]["meta"]["ppl"])
+    assert close(scalars["eval/valid/learned/ppl"], results["methods"]["learned"]["ppl"])
 
     # meta-training followed the first valid article at each evaluation (file and wandb offline run)
     curves = [json.loads(x) for x in (meta / "valid_article.jsonl").read_text().splitlines()]
     assert [c["step"] for c in curves] == [1, 2]
-    assert all(len(c["x"]) == len(c["static"]) == len(c["meta"]) == len(c["dyneval"]) for c in curves)
+    assert all(len(c["x"]) == len(c["static"]) == len(c["learned"]) == len(c["dyneval"]) for c in curves)
     assert curves[0]["tokens"] == split.article_lengths[0]
     recs = records(meta)
-    assert all(math.isfinite(r["valid/article/meta_gain_q4"]) for r in recs if "valid/meta/ppl" in r)
+    assert all(math.isfinite(r["valid/article/learned_gain_q4"]) for r in recs if "valid/learned/ppl" in r)
     offline = list((meta / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     media = [p.name for p in (offline[0] / "files" / "media").rglob("*.table.json")]
-    assert any("loss_curve" in m for m in media) and any("meta_gain_history" in m for m in media)
+    assert any("loss_curve" in m for m in media) and any("learned_gain_history" in m for m in media)
 
 
 def load_split(data: Path, name: str):
@@ -182,7 +182,7 @@ def test_dyneval_on_a_stage1_checkpoint_measures_statistics_and_resets_per_artic
     ckpt = lm / "checkpoints" / "last.pt"
     cfg_overrides = [f"checkpoint={ckpt}", f"data.dir={data}", "split=test", "methods=[static,dyneval]",
                      "eval.max_articles=2", "eval.reset_per_article=true", "eval.gradstat_tokens=300",
-                     "eval.seg_len=10", "eval.progress_bar=false", "eval.dyneval_lr=0.0001",
+                     "eval.seg_len=10", "eval.progress_bar=false", "eval.dyneval_eta=0.0001",
                      f"data.cache_dir={tmp_path / 'cache'}"]
     cfg = compose_eval(cfg_overrides)
     results = evaluate(cfg, tmp_path / "eval")
@@ -196,7 +196,7 @@ def test_dyneval_on_a_stage1_checkpoint_measures_statistics_and_resets_per_artic
     fresh = evaluate(compose_eval([*cfg_overrides, "eval.cache_grad_stats=false"]), tmp_path / "fresh")
     assert fresh["grad_stats"]["source"] == "measured"
     # the override, and Krause's default λ (a stage-1 checkpoint's own meta config was never used: not read)
-    assert results["dyneval"]["lr"] == 0.0001 and results["dyneval"]["lam"] == 0.002
+    assert results["dyneval"]["eta"] == 0.0001 and results["dyneval"]["lam"] == 0.002
     assert math.isfinite(results["methods"]["dyneval"]["ppl"])
     split = load_split(data, "test")
     check_outputs(tmp_path / "eval", results, split)
@@ -215,14 +215,14 @@ def test_scripts_evaluate_runs_with_wandb_offline(trained, tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
     proc = subprocess.run(
         [sys.executable, "scripts/evaluate.py", f"checkpoint={meta / 'checkpoints' / 'last.pt'}", "split=valid",
-         "methods=[static,meta]", "eval.max_articles=1", "eval.progress_bar=false", "logger=wandb",
+         "methods=[static,learned]", "eval.max_articles=1", "eval.progress_bar=false", "logger=wandb",
          f"hydra.run.dir={run}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "meta     ppl" in proc.stdout
     results = json.loads((run / "results.json").read_text())
-    assert list(results["methods"]) == ["static", "meta"]
+    assert list(results["methods"]) == ["static", "learned"]
     check_outputs(run, results, load_split(data, "valid"))
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
@@ -263,14 +263,14 @@ def test_a_dyneval_sweep_gives_one_folder_per_setting_and_one_table(trained, tmp
     proc = subprocess.run(
         [sys.executable, "scripts/evaluate.py", "-m", f"checkpoint={lm / 'checkpoints' / 'last.pt'}",
          "split=valid", "methods=[static,dyneval]", "eval.max_articles=1", "eval.progress_bar=false",
-         "eval.gradstat_tokens=400", "eval.dyneval_lr=0.002,0.05", f"hydra.sweep.dir={sweep}"],
+         "eval.gradstat_tokens=400", "eval.dyneval_eta=0.002,0.05", f"hydra.sweep.dir={sweep}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("results.json")}
     # Folder names list the job's settings, leaving out those excluded in conf/evaluate.yaml (checkpoint, ...).
-    assert set(jobs) == {f"eval.dyneval_lr={lr},eval.gradstat_tokens=400" for lr in ("0.002", "0.05")}
-    assert {j["dyneval"]["lr"] for j in jobs.values()} == {0.002, 0.05}
+    assert set(jobs) == {f"eval.dyneval_eta={lr},eval.gradstat_tokens=400" for lr in ("0.002", "0.05")}
+    assert {j["dyneval"]["eta"] for j in jobs.values()} == {0.002, 0.05}
     static = {j["methods"]["static"]["ppl"] for j in jobs.values()}
     assert len(static) == 1  # the baseline does not depend on the swept rule
     assert len({j["methods"]["dyneval"]["ppl"] for j in jobs.values()}) == 2

@@ -41,7 +41,7 @@ def run(overrides, tmp_path):
 
 
 def test_unknown_method(toy_ckpts, tmp_path, no_long_work):
-    with pytest.raises(EvalConfigError, match=r"unknown method\(s\) \['foo'\].*static.*dyneval.*meta"):
+    with pytest.raises(EvalConfigError, match=r"unknown method\(s\) \['foo'\].*static.*dyneval.*learned"):
         run([f"checkpoint={toy_ckpts['meta']}", "methods=[static,foo]"], tmp_path)
 
 
@@ -52,9 +52,9 @@ def test_missing_checkpoint(tmp_path, no_long_work):
         run([], tmp_path)
 
 
-def test_meta_on_a_stage1_checkpoint_says_what_to_do(toy_ckpts, tmp_path, no_long_work):
-    with pytest.raises(EvalConfigError, match=r"without a meta-learner.*stage=meta.*methods=\[static,dyneval\]"):
-        run([f"checkpoint={toy_ckpts['lm']}", "methods=[static,meta]"], tmp_path)
+def test_learned_on_a_stage1_checkpoint_says_what_to_do(toy_ckpts, tmp_path, no_long_work):
+    with pytest.raises(EvalConfigError, match=r"without a learned rule.*stage=meta.*methods=\[static,dyneval\]"):
+        run([f"checkpoint={toy_ckpts['lm']}", "methods=[static,learned]"], tmp_path)
 
 
 def test_data_with_another_vocabulary(toy_ckpts, toy_data_dir, tmp_path, no_long_work):
@@ -78,9 +78,9 @@ def test_model_config_that_does_not_match_the_weights(toy_ckpts, tmp_path, no_lo
 
 def test_meta_learner_that_does_not_match_its_config(toy_ckpts, tmp_path, no_long_work):
     ckpt = load_checkpoint(toy_ckpts["meta"])
-    ckpt["config"]["meta"]["hidden"] = 7
+    ckpt["config"]["rule"]["hidden"] = 7
     bad = save_checkpoint({k: v for k, v in ckpt.items() if k != "format"}, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="meta-learner .* does not match"):
+    with pytest.raises(CheckpointError, match="learned rule .* does not match"):
         run([f"checkpoint={bad}"], tmp_path)
 
 
@@ -98,7 +98,7 @@ def test_bad_options(toy_ckpts, tmp_path, no_long_work, override, message):
 def test_data_settings_come_from_the_checkpoint(toy_ckpts, toy_data_dir):
     prep = load_inputs(compose_eval([f"checkpoint={toy_ckpts['meta']}", "split=valid"]))  # no data.dir given
     assert prep.corpus.source == str(toy_data_dir.resolve())
-    assert prep.methods == ["static", "dyneval", "meta"] and prep.stats is not None
+    assert prep.methods == ["static", "dyneval", "learned"] and prep.stats is not None
     assert load_inputs(compose_eval([f"checkpoint={toy_ckpts['lm']}"])).methods == ["static", "dyneval"]  # default
     prep = load_inputs(compose_eval([f"checkpoint={toy_ckpts['lm']}", "methods=[dyneval]"]))
     assert prep.methods == ["static", "dyneval"]  # static always runs: the reference of every gain

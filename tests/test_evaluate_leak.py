@@ -26,8 +26,8 @@ from dynlm.dynamic.reading import primed_stream
 from eval_helpers import compose_eval, leak_corpus, make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
 
 SEG = 2
-PEEK = ["meta.dynamic=[decoder_bias]", f"meta.seg_len={SEG}", "meta.lr=10", "meta.lam=0.49",
-        "meta.update_gate_init=0.5", "meta.momentum=true"]
+PEEK = ["meta.dynamic=[decoder_bias]", f"meta.seg_len={SEG}", "rule.eta=10", "rule.lam=0.49",
+        "rule.update_gate_init=0.5", "rule.momentum=true"]
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +75,12 @@ def test_dyneval_and_meta_score_tokens_before_updating_on_them(peek_setup, tmp_p
     static = torch.from_numpy(z["static"])
 
     # the detector works: a peeking reader would make first occurrences far cheaper than the static model
-    dyneval_rule = build_rule(prep.dyneval_cfg, prep.names, prep.stats, name="dyneval")
+    dyneval_rule = build_rule(prep.fixed_rules["dyneval"], prep.names, prep.stats)
     for rule in (dyneval_rule, prep.learner):
         peek = peeking_nll(prep.model, rule, prep.names, prep.ids, tok.eos_id, SEG)
         assert float(peek[distinct].mean()) < float(static[distinct].mean()) - 3.0
 
-    for method in ("dyneval", "meta"):
+    for method in ("dyneval", "learned"):
         honest = torch.from_numpy(z[method])
         # no leak: first occurrences cost at least what they cost the static model (here much more) ...
         assert float(honest[distinct].mean()) > float(static[distinct].mean()) + 0.3, method
@@ -97,7 +97,7 @@ def test_reset_per_article_reads_each_article_as_if_alone(peek_setup):
     prep = load_inputs(cfg)
     losses, _ = run_methods(prep, reset_per_article=True, progress_bar=False)
     start = int(prep.article_starts[1])
-    rule = build_rule(prep.dyneval_cfg, prep.names, prep.stats, name="dyneval")
+    rule = build_rule(prep.fixed_rules["dyneval"], prep.names, prep.stats)
     ref = read_stream(prep.model, prep.ids[start:], prep.corpus.tokenizer.eos_id, SEG, rule=rule, names=prep.names)
     torch.testing.assert_close(losses["dyneval"][start:], ref, rtol=1e-5, atol=1e-5)
     for n, p in prep.model.named_parameters():  # the static weights in memory are still the checkpoint's

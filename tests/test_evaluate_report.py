@@ -90,9 +90,9 @@ def test_meta_training_follows_a_validation_article(tmp_path):
     static = torch.full((120,), 5.0)
     for step, g in ((10, 0.5), (20, 1.0)):
         meta = static - g * torch.linspace(0, 1, 120)
-        q = follow_article(logger, step, "Art", {"static": static, "dyneval": static - 0.1, "meta": meta})
-        assert list(q) == [f"valid/article/meta_gain_q{i}" for i in range(1, 5)]
-        assert q["valid/article/meta_gain_q1"] < q["valid/article/meta_gain_q4"]
+        q = follow_article(logger, step, "Art", {"static": static, "dyneval": static - 0.1, "learned": meta})
+        assert list(q) == [f"valid/article/learned_gain_q{i}" for i in range(1, 5)]
+        assert q["valid/article/learned_gain_q1"] < q["valid/article/learned_gain_q4"]
     recs = [json.loads(x) for x in (tmp_path / CURVES_FILE).read_text().splitlines()]
     assert [r["step"] for r in recs] == [10, 20] and recs[0]["tokens"] == 120 and len(recs[0]["x"]) == 40
     assert logged == []  # no wandb run: nothing sent
@@ -102,11 +102,11 @@ def test_a_torn_line_in_the_followed_article_log_is_skipped(tmp_path, capsys):
     """A kill during an append leaves half a line: the next evaluation skips it (and says so) instead of failing."""
     logger = SimpleNamespace(run_dir=tmp_path, enabled=True, wandb=None, log_media=lambda *a, **k: None)
     static = torch.full((40,), 5.0)
-    follow_article(logger, 10, "Art", {"static": static, "dyneval": static, "meta": static - 0.5})
+    follow_article(logger, 10, "Art", {"static": static, "dyneval": static, "learned": static - 0.5})
     with open(tmp_path / CURVES_FILE, "a", encoding="utf-8") as f:
         f.write('{"step": 20, "title": "Ar')
-    q = follow_article(logger, 30, "Art", {"static": static, "dyneval": static, "meta": static - 1.0})
-    assert q["valid/article/meta_gain_q1"] == pytest.approx(1.0)
+    q = follow_article(logger, 30, "Art", {"static": static, "dyneval": static, "learned": static - 1.0})
+    assert q["valid/article/learned_gain_q1"] == pytest.approx(1.0)
     assert "skipped 1 torn line" in capsys.readouterr().out
     assert [r["step"] for r in read_jsonl(tmp_path / CURVES_FILE)[0]] == [10, 30]  # the new record is whole
 
@@ -122,14 +122,14 @@ def test_wandb_panels_offline(tmp_path, monkeypatch):
     logger = RunLogger(tmp_path, OmegaConf.structured(LoggerConfig(name="wandb", mode="offline")), {"x": 1})
     try:
         static = torch.full((60,), 5.0)
-        follow_article(logger, 1, "Art", {"static": static, "dyneval": static - 0.1, "meta": static - 0.2})
+        follow_article(logger, 1, "Art", {"static": static, "dyneval": static - 0.1, "learned": static - 0.2})
         results = {
             "split": "valid", "per_word": False,
-            "methods": {m: {"tokens": 3, "nll": 1.0, "loss": 0.3, "ppl": 1.4} for m in ("static", "meta")},
+            "methods": {m: {"tokens": 3, "nll": 1.0, "loss": 0.3, "ppl": 1.4} for m in ("static", "learned")},
             "articles": [{"index": 0, "title": "A", "tokens": 3, "words": 3, "static": {"nll": 2.0, "ppl": 2.0},
-                          "meta": {"nll": 1.0, "ppl": 1.4}}],
-            "position_bins": {"centers": [0.25, 0.75], "loss": {"static": [1.0, float("nan")], "meta": [0.5, 0.4]},
-                              "gain": {"meta": [0.5, float("nan")]}},
+                          "learned": {"nll": 1.0, "ppl": 1.4}}],
+            "position_bins": {"centers": [0.25, 0.75], "loss": {"static": [1.0, float("nan")], "learned": [0.5, 0.4]},
+                              "gain": {"learned": [0.5, float("nan")]}},
         }
         page = tmp_path / "p.html"
         page.write_text("<html><body>x</body></html>")
@@ -139,4 +139,4 @@ def test_wandb_panels_offline(tmp_path, monkeypatch):
     run = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(run) == 1
     names = {p.name.split("_")[0] for p in (run[0] / "files" / "media").rglob("*.json")}
-    assert {"loss", "meta", "overall", "articles"} <= names
+    assert {"loss", "learned", "overall", "articles"} <= names

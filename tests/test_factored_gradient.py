@@ -9,7 +9,7 @@ from dynlm.dynamic.cheap_learner import ContextRule
 from dynlm.dynamic.fast_weights import per_stream, select_dynamic
 from dynlm.dynamic.reading import read_stream
 from dynlm.dynamic.reading_state import fresh_state
-from dynlm.dynamic.rules import DynEvalRule
+from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.segment import _gradients_factored, adapt_segment, segment_losses
 from dynlm.dynamic import factored_gradient
 from dynlm.dynamic.factored_gradient import FactoredGradient, TableGradient, krause_factored_step
@@ -119,7 +119,7 @@ def test_blockwise_step_is_the_dense_step_whatever_the_block():
 
 def _rule_pair(kind, names, stats):
     """The rule, and the same rule on the reference path in which autograd forms the table's whole gradient."""
-    kwargs = dict(lr=0.05, lam=0.02, eps=1e-3, update=0.5)
+    kwargs = dict(eta=0.05, lam=0.02, eps=1e-3)
     base = DynEvalRule if kind == "dyneval" else ContextRule
     dense = type("Dense" + base.__name__, (base,), {"takes_factored_gradients": False})
     rules = base(names, stats, **kwargs).double(), dense(names, stats, **kwargs).double()

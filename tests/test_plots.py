@@ -55,15 +55,15 @@ def test_static_curve_is_drawn_distinctly_and_on_top(tmp_path, saved):
     first tokens): the static line must still be visible, in a style of its own."""
     centers = [(i + 0.5) / 10 for i in range(10)]
     static = [5.0 + 0.2 * math.sin(i) for i in range(10)]
-    loss = {"static": static, "dyneval": list(static), "meta": list(static)}  # all three on the same points
-    gain = {"dyneval": [0.0] * 10, "meta": [0.0] * 10}
+    loss = {"static": static, "dyneval": list(static), "learned": list(static)}  # all three on the same points
+    gain = {"dyneval": [0.0] * 10, "learned": [0.0] * 10}
     path = plot_position(centers, loss, gain, tmp_path / "loss_by_position.png", "valid")
     assert path.read_bytes()[:4] == b"\x89PNG"
     fig = saved[-1]
     _drawn(fig)
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
-    line, others = lines["static"], [lines["dyneval"], lines["meta"]]
+    line, others = lines["static"], [lines["dyneval"], lines["learned"]]
     assert line.get_visible()
     for other in others:
         assert line.get_zorder() > other.get_zorder()  # drawn over the others
@@ -102,7 +102,7 @@ def test_article_ppl_names_the_articles_on_a_linear_scale(tmp_path, saved):
 def test_instant_gain_titles_and_legend_stay_off_the_curves(tmp_path, saved):
     titles = ["Homarus gammarus", "Sonic the Hedgehog ( 1991 video game )", "Frank <unk>", "Papa <unk>"]
     t = torch.linspace(0, 1, 4000, dtype=torch.float64)
-    gains = {"dyneval": torch.sin(20 * t), "meta": torch.cos(20 * t)}  # curves reach every corner of the plot
+    gains = {"dyneval": torch.sin(20 * t), "learned": torch.cos(20 * t)}  # curves reach every corner of the plot
     plot_instant_gain(gains, [0, 1200, 2500, 3600], titles, 100, tmp_path / "instant_gain.png", offset=500)
     fig = saved[-1]
     renderer = _drawn(fig)

@@ -64,12 +64,12 @@ def _reference_adaptive(model, rule, names, ids, seg_len, restarts=()):
 
 def _rule(model):
     from dynlm.dynamic.fast_weights import select_dynamic
-    from dynlm.dynamic.rules import DynEvalRule
+    from dynlm.dynamic.dyneval import DynEvalRule
 
     from dynamic_helpers import random_stats
 
     names = select_dynamic(model, ["*"])
-    return DynEvalRule(names, random_stats(model, names), lr=0.01, lam=0.02, eps=1e-3, update=0.5), names
+    return DynEvalRule(names, random_stats(model, names), eta=0.01, lam=0.02, eps=1e-3), names
 
 
 def test_one_stream_is_the_standard_protocol_token_for_token():

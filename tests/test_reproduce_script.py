@@ -38,7 +38,7 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
         assert f"{split}: static {static['methods']['static']['ppl']:.2f}" in proc.stdout
     for adapted, lstm_only, rates in (("all", False, (1e-4, 3e-4, 1e-3)), ("lstm", True, (3e-4, 1e-3))):
         grid = [json.loads(p.read_text()) for p in (out / f"grid-{adapted}").rglob("results.json")]
-        assert {(r["dyneval"]["lr"], r["dyneval"]["lam"]) for r in grid} == {
+        assert {(r["dyneval"]["eta"], r["dyneval"]["lam"]) for r in grid} == {
             (lr, lam) for lr in rates for lam in (0.003, 0.01)} and len(grid) == 2 * len(rates)
         # a diverged setting (lr 1e-3 here) stores "inf" or "nan": it must not be chosen
         best = min(grid, key=lambda r: float(r["methods"]["dyneval"]["ppl"]) if r["methods"]["dyneval"]["ppl"] != "nan"
@@ -50,7 +50,7 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
             tuned = json.loads((out / f"tuned-{adapted}-{split}" / "results.json").read_text())
             assert list(tuned["methods"]) == ["static", "dyneval"]
             assert tuned["num_articles"] == {"valid": 2, "test": 1}[split]
-            assert (tuned["dyneval"]["lr"], tuned["dyneval"]["lam"]) == (best["dyneval"]["lr"], best["dyneval"]["lam"])
+            assert (tuned["dyneval"]["eta"], tuned["dyneval"]["lam"]) == (best["dyneval"]["eta"], best["dyneval"]["lam"])
             assert tuned["dyneval"]["adapted"] == names
             assert f"first {tuned['num_articles']} articles ({tuned['num_tokens']} tokens)" in proc.stdout
 

@@ -100,6 +100,6 @@ def test_overwrite_deletes_nothing_before_the_new_run_has_passed_its_checks(toy_
     with pytest.raises(RunFolderError, match="meta.lm_checkpoint"):  # it would delete its own input
         train(compose_config(meta), run)
     with pytest.raises(ValueError, match="nothing to train"):  # a config error: the old run stays
-        train(compose_config(meta[:-1] + ["meta=dyneval", f"meta.lm_checkpoint={tmp_path / 'x.pt'}",
+        train(compose_config(meta[:-1] + ["rule=dyneval", f"meta.lm_checkpoint={tmp_path / 'x.pt'}",
                                           "trainer.overwrite=true"]), run)
     assert best.is_file() and (run / "checkpoints" / "last.pt").is_file() and records(run)

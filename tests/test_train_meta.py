@@ -30,7 +30,7 @@ def test_meta_training_run_folder_metrics_and_checkpoint(lm_checkpoint, tmp_path
     for key in ["meta/static_loss", "meta/improvement", "meta/gate/copy", "meta/gate/update", "meta/gate/flush",
                 "meta/alpha/layers.0.weight_hh"]:
         assert all(math.isfinite(r[key]) for r in steps), key
-    valid = [r for r in recs if "valid/meta/ppl" in r]
+    valid = [r for r in recs if "valid/learned/ppl" in r]
     assert [r["step"] for r in valid] == [3, 6]
     assert all(r["valid/tokens"] == 300 for r in valid)  # meta.valid_max_tokens caps the quick validation
     assert all(r["valid/static/ppl"] > 0 and r["valid/dyneval/ppl"] > 0 for r in valid)
@@ -74,7 +74,7 @@ def test_a_nan_in_one_stream_is_caught_the_stream_reset_and_training_goes_on(lm_
 
     run = tmp_path / "meta"
     result = train_meta(compose_config(overrides(data, ckpt)), run, on_window=inject)
-    assert result["step"] == 6 and math.isfinite(result["valid/meta/loss"])
+    assert result["step"] == 6 and math.isfinite(result["valid/learned/loss"])
     assert seen["finite"]
     recs = [r for r in records(run) if "meta/skipped_updates" in r]
     assert [r["step"] for r in recs if r["meta/skipped_updates"] > 0] == [3]
@@ -89,4 +89,4 @@ def test_stage_meta_without_a_checkpoint_says_what_to_pass(tmp_path):
 
 def test_stage_meta_with_dyneval_has_nothing_to_train(tmp_path):
     with pytest.raises(ValueError, match="nothing to train"):
-        train(compose_config(["stage=meta", "meta=dyneval"]), tmp_path)
+        train(compose_config(["stage=meta", "rule=dyneval"]), tmp_path)

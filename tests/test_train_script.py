@@ -40,7 +40,7 @@ def test_readme_quick_checks_run_in_a_chain(wikitext2_dir, tmp_path):
     valid = [json.loads(x) for x in (tmp_path / "quick-lm/metrics.jsonl").read_text().splitlines() if "valid/ppl" in x]
     assert valid[-1]["valid/tokens"] == 20000 and valid[-1]["valid/ppl"] < 33278 / 10
     results = json.loads((tmp_path / "quick-eval/results.json").read_text())
-    assert list(results["methods"]) == ["static", "dyneval", "meta"] and results["num_articles"] == 2
+    assert list(results["methods"]) == ["static", "dyneval", "learned"] and results["num_articles"] == 2
 
 
 def test_unknown_key_fails_before_any_work(tmp_path):

@@ -10,12 +10,15 @@ start at zero (s = 1): the untrained rule *is* `DynEvalRule`. docs/design.md §"
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, Mapping, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .dyneval import KrauseConfig
 from .gated_update import krause_flush
+from .registry import register_rule
 from .rule_base import RuleOutput, StatsRule, buffer_name
 from .factored_gradient import FactoredGradient, krause_factored_step
 
@@ -74,6 +77,12 @@ def scaled_krause_read(theta: Tensor, anchored: Tensor, g: Tensor, gain: Tensor,
     return new.addcmul_(u, s_step.view(view), value=-1.0)
 
 
+@dataclass
+class CheapConfig(KrauseConfig):
+    name: str = "cheap"  # Krause's rule, its step size and decay scaled per tensor and stream by a learned model
+
+
+@register_rule("cheap", config=CheapConfig, learned=True)
 class ContextRule(StatsRule):
     """Krause's rule whose step size and decay a tiny linear model scales per (tensor, stream), from context.
     Reading without a graph, the gradients of the adapting tied table and LSTM matrices come factored
@@ -81,8 +90,8 @@ class ContextRule(StatsRule):
 
     takes_factored_gradients = True
 
-    def __init__(self, names, stats, lr: float = 0.002, lam: float = 0.02, eps: float = 0.001, update: float = 0.5):
-        super().__init__(names, stats, lr, lam, eps, update)
+    def __init__(self, names, stats, *, eta: float, lam: float, eps: float):
+        super().__init__(names, stats, eta=eta, lam=lam, eps=eps)
         n = len(self.names)
         # [2, tensors, features]: row 0 the log step scale, row 1 the log decay scale; zero = dynamic evaluation
         self.weight = nn.Parameter(torch.zeros(2, n, NUM_FEATURES))
@@ -96,7 +105,7 @@ class ContextRule(StatsRule):
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
         flush = krause_flush(rms, self.decay_norm, self.lam)
         self.register_buffer("flush__" + buffer_name(n), flush, persistent=False)
-        self.register_buffer("gain__" + buffer_name(n), self.lr / (rms + self.eps), persistent=False)
+        self.register_buffer("gain__" + buffer_name(n), self.eta / (rms + self.eps), persistent=False)
         # s_decay ≤ 1 / max flush keeps every flush ≤ 1 (θ' between θ and θ0) without a per-coordinate clamp
         self.max_log_decay = {**getattr(self, "max_log_decay", {}), n: -math.log(float(flush.max()))}
 
@@ -136,4 +145,4 @@ class ContextRule(StatsRule):
         return new, {**learner_state, CONTEXT: new_context.detach()}, diag
 
 
-__all__ = ["ContextRule", "context_features", "grad_norm_features", "scaled_krause_read", "scaled_krause_update"]
+__all__ = ["CheapConfig", "ContextRule", "context_features", "grad_norm_features", "scaled_krause_read", "scaled_krause_update"]

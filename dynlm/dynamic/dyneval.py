@@ -1,14 +1,37 @@
 """Krause et al.'s dynamic evaluation as an update rule: the hand-designed baseline of the medium-term memory."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Dict, Tuple
+
 import torch
 from torch import Tensor
 
 from .gated_update import krause_flush
+from .registry import register_rule
 from .rule_base import RuleOutput, StatsRule, buffer_name
 from .factored_gradient import FactoredGradient, krause_factored_step
 
 
+@dataclass
+class KrauseConfig:
+    """Krause et al.'s (2017) hyperparameters: of his rule, and the starting point of the rules learned from it.
+    Defaults are his dynamiceval.py's (its new hyperparameter scale; README "Dynamic evaluation as Krause did it")."""
+
+    eta: float = 0.00005  # η, the step size
+    lam: float = 0.002  # λ (decay toward the static weights)
+    eps: float = 0.00002  # ε in g / (rms + ε)
+
+    ranges: ClassVar[Dict[str, Tuple]] = {"eta": (0.0, None, False), "lam": (0.0, None, True),
+                                          "eps": (0.0, None, False)}
+
+
+@dataclass
+class DynEvalConfig(KrauseConfig):
+    name: str = "dyneval"  # Krause's fixed rule
+
+
+@register_rule("dyneval", config=DynEvalConfig, learned=False)
 class DynEvalRule(StatsRule):
     """Krause et al. (2017), as his `dynamiceval.py` computes it. No learned parameters.
 
@@ -27,7 +50,7 @@ class DynEvalRule(StatsRule):
         flush = krause_flush(rms, self.decay_norm, self.lam)
         self.register_buffer("keep__" + buffer_name(n), 1.0 - flush, persistent=False)
         self.register_buffer("flush__" + buffer_name(n), flush, persistent=False)
-        self.register_buffer("gain__" + buffer_name(n), self.lr / (rms + self.eps), persistent=False)
+        self.register_buffer("gain__" + buffer_name(n), self.eta / (rms + self.eps), persistent=False)
 
     def forward(self, fast, grads, theta0, seg_loss, learner_state) -> RuleOutput:
         new = {}
@@ -42,4 +65,4 @@ class DynEvalRule(StatsRule):
         return new, learner_state, {}
 
 
-__all__ = ["DynEvalRule"]
+__all__ = ["DynEvalConfig", "DynEvalRule", "KrauseConfig"]

@@ -7,20 +7,37 @@ intermediate is kept for backward, which recomputes one block at a time.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
-from typing import Dict, Mapping, Sequence
+from typing import ClassVar, Dict, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blockwise import blockwise
+from .dyneval import KrauseConfig
 from .gated_update import gated_update, krause_gate_logits, normalized_grad
 from .grad_stats import GradStats
 from .kernels import TransposedLinear, fast_asinh
+from .registry import register_rule
 from .rule_base import RuleOutput, StatsRule, buffer_name
 
 
+@dataclass
+class GatedConfig(KrauseConfig):
+    name: str = "gated"  # COPY / UPDATE / FLUSH gates per coordinate from a small learned MLP
+    update_gate_init: float = 0.5  # the UPDATE gate at initialisation; α starts at η / this
+    hidden: int = 16  # width of the coordinate-wise MLP
+    tensor_emb: int = 4  # size of the learned embedding of the tensor a coordinate belongs to
+    momentum: bool = False  # per-coordinate momentum state (Titans-style)
+    momentum_init: float = 0.5  # the momentum coefficient at initialisation
+
+    ranges: ClassVar[Dict[str, Tuple]] = {**KrauseConfig.ranges, "update_gate_init": (0.0, 1.0, False),
+                                          "momentum_init": (0.0, 1.0, False)}
+
+
+@register_rule("gated", config=GatedConfig, learned=True)
 class GatedMetaLearner(StatsRule):
     """COPY / UPDATE / FLUSH gates from a small MLP shared by every coordinate (coordinate sharing).
 
@@ -35,23 +52,16 @@ class GatedMetaLearner(StatsRule):
 
     num_features = 6
 
-    def __init__(
-        self,
-        names: Sequence[str],
-        stats: GradStats,
-        lr: float = 0.002,
-        lam: float = 0.02,
-        eps: float = 0.001,
-        update: float = 0.5,
-        hidden: int = 16,
-        tensor_emb: int = 4,
-        momentum: bool = False,
-        momentum_init: float = 0.5,
-    ):
-        super().__init__(names, stats, lr, lam, eps, update)
+    def __init__(self, names: Sequence[str], stats: GradStats, *, eta: float, lam: float, eps: float,
+                 update_gate_init: float, hidden: int, tensor_emb: int, momentum: bool, momentum_init: float):
+        super().__init__(names, stats, eta=eta, lam=lam, eps=eps)
         self.momentum = momentum
+        self.update_init = update_gate_init
+        self.update_gate = {}
+        for n in self.names:
+            self._gate_buffers(n, self.rms(n))
         # α_k = η / u_k: the UPDATE gate of Krause's rule as gates is per tensor (`krause_gate_logits`)
-        self.log_alpha = nn.Parameter(torch.tensor([math.log(lr / self.update_gate[n]) for n in self.names]))
+        self.log_alpha = nn.Parameter(torch.tensor([math.log(eta / self.update_gate[n]) for n in self.names]))
         self.tensor_embedding = nn.Embedding(len(self.names), tensor_emb)
         self.feature_proj = nn.Linear(self.num_features, hidden)
         self.embedding_proj = nn.Linear(tensor_emb, hidden, bias=False)
@@ -69,14 +79,14 @@ class GatedMetaLearner(StatsRule):
     def prior(self, n: str) -> Tensor:
         return getattr(self, "prior__" + buffer_name(n))
 
-    def _extra_buffers(self, n: str, rms: Tensor) -> None:
+    def _gate_buffers(self, n: str, rms: Tensor) -> None:
         # Krause's rule as prior log-gates, and each tensor's UPDATE gate u (α starts at η / u)
         prior, u = krause_gate_logits(rms, self.decay_norm, self.lam, self.update_init)
-        self.update_gate = {**getattr(self, "update_gate", {}), n: u}
+        self.update_gate[n] = u
         self.register_buffer("prior__" + buffer_name(n), prior, persistent=False)
         # the two features that depend on the statistics only, flattened: drift scale and log(v / mean v) / 10
         b = buffer_name(n)
-        self.register_buffer("drift__" + b, (rms / (self.mean_rms * self.lr)).reshape(-1), persistent=False)
+        self.register_buffer("drift__" + b, (rms / (self.mean_rms * self.eta)).reshape(-1), persistent=False)
         log_v = (2.0 * torch.log(rms.clamp_min(1e-20)) - math.log(self.mean_v)) / 10.0
         self.register_buffer("logv__" + b, log_v.reshape(-1), persistent=False)
 
@@ -84,7 +94,7 @@ class GatedMetaLearner(StatsRule):
         """`[B, *shape, 6]`: ĝ, log|g|, sign g (Andrychowicz et al.), drift from θ0, log(v / mean v), ℓ_s."""
         rms = self.rms(n)
         ghat = normalized_grad(g, rms, self.eps)
-        drift = (theta - theta0) * (rms / (self.mean_rms * self.lr))  # in units of typical update steps
+        drift = (theta - theta0) * (rms / (self.mean_rms * self.eta))  # in units of typical update steps
         log_v = (2.0 * torch.log(rms.clamp_min(1e-20)) - math.log(self.mean_v)).expand_as(g)
         loss = seg_loss.view(-1, *([1] * (g.dim() - 1))).expand_as(g)
         return torch.stack(
@@ -174,4 +184,4 @@ def _gated_block(eps, theta, theta0, g, m, rms, drift_scale, log_v, prior, w1, b
     return outs, (torch.stack([copy.sum(), update.sum(), flush.sum()]),)
 
 
-__all__ = ["GatedMetaLearner"]
+__all__ = ["GatedConfig", "GatedMetaLearner"]

@@ -1,4 +1,5 @@
-"""What both update rules share: one interface, and the constants derived from the gradient statistics.
+"""What the built-in update rules share: one interface (`registry.py` states the contract), and the constants
+derived from the gradient statistics.
 
     new_fast, new_learner_state, diagnostics = rule(fast, grads, theta0, seg_loss, learner_state)
 
@@ -21,13 +22,14 @@ def buffer_name(name: str) -> str:
 
 
 class StatsRule(nn.Module):
-    """Shared set-up: the dynamic names, their rms = sqrt(v) and the statistics' scales."""
+    """Shared set-up: the dynamic names, their rms = sqrt(v), the statistics' scales, and Krause's η (step size),
+    λ (decay toward θ0) and ε (in g / (rms + ε))."""
 
-    def __init__(self, names: Sequence[str], stats: GradStats, lr: float, lam: float, eps: float, update: float):
+    def __init__(self, names: Sequence[str], stats: GradStats, *, eta: float, lam: float, eps: float):
         super().__init__()
         stats.check_covers(names)
         self.names = list(names)
-        self.lr, self.lam, self.eps, self.update_init = lr, lam, eps, update
+        self.eta, self.lam, self.eps = eta, lam, eps
         self.mean_rms = stats.mean_rms
         self.mean_v = stats.mean_v
         self.decay_norm = stats.decay_norm

@@ -1,34 +1,48 @@
-"""Choosing an update rule by name: Krause's fixed rule (`dyneval.py`) or a learned one (`meta_learner.py`, the
-per-coordinate gated learner; `cheap_learner.py`, per-tensor scales of Krause's rule)."""
+"""The update rules dynlm ships, registered (`registry.py`) by importing their files: Krause's fixed rule
+(`dyneval.py`), the learned per-coordinate gated rule (`meta_learner.py`) and the learned per-tensor scales of
+Krause's rule (`cheap_learner.py`). Import the registry's functions from here, so that every rule is registered
+before a config is composed or a rule is looked up.
+
+`upgrade_config` is the one place that knows the config layout checkpoints were written with before rules had a
+`rule` node of their own.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import copy
+from typing import Any, Dict
 
-from torch import nn
+from ..config import RENAMED_KEYS
+from . import cheap_learner, dyneval, meta_learner  # noqa: F401 - registers the built-in rules
+from .registry import (GROUP, LEARNED, RuleConfigError, RuleSpec, build_rule, check_rule_config, register_rule, rule_config,
+                       rule_names, rule_spec, unregister_rule)
 
-from .cheap_learner import ContextRule
-from .dyneval import DynEvalRule
-from .grad_stats import GradStats
-from .meta_learner import GatedMetaLearner
-
-LEARNED_RULES = ("gated", "cheap")  # the rules with parameters φ: what stage 2 trains and a checkpoint stores
-
-
-def build_rule(cfg_meta, names: Sequence[str], stats: GradStats, name: str | None = None) -> nn.Module:
-    """`meta.name` (or an explicit `name`): gated | cheap | dyneval."""
-    kind = name or cfg_meta.name
-    common = dict(lr=cfg_meta.lr, lam=cfg_meta.lam, eps=cfg_meta.eps)
-    if kind == "dyneval":
-        return DynEvalRule(names, stats, update=cfg_meta.update_gate_init, **common)
-    if kind == "gated":
-        return GatedMetaLearner(
-            names, stats, update=cfg_meta.update_gate_init, hidden=cfg_meta.hidden, tensor_emb=cfg_meta.tensor_emb,
-            momentum=cfg_meta.momentum, momentum_init=cfg_meta.momentum_init,
-            **common,
-        )
-    if kind == "cheap":
-        return ContextRule(names, stats, update=cfg_meta.update_gate_init, **common)
-    raise ValueError(f"unknown update rule {kind!r}: use meta=gated, meta=cheap or meta=dyneval")
+OLD_DEFAULT_RULE = "gated"  # what a checkpoint meant when its meta config named no rule
 
 
-__all__ = ["ContextRule", "DynEvalRule", "GatedMetaLearner", "LEARNED_RULES", "build_rule"]
+def upgrade_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A checkpoint's stored config in today's layout. Before the `rule` node, `meta` held every rule's keys
+    (`meta.name` the rule, `meta.lr` its η) beside stage 2's; they move to `rule` (those the named rule has) and
+    stage 2's renamed keys take their new names (`dynlm.config.RENAMED_KEYS`). Today's configs come back as given."""
+    meta = config.get("meta")
+    if GROUP in config or not isinstance(meta, dict):
+        return config
+    new = copy.deepcopy(config)
+    meta = new["meta"]
+    spec = rule_spec(meta.pop("name", None) or OLD_DEFAULT_RULE)
+    rule = {"name": spec.name}
+    for old, key in RENAMED_KEYS.items():
+        section, old_name = old.split(".", 1)
+        if section != "meta" or old_name not in meta:
+            continue
+        value = meta.pop(old_name)
+        target, new_name = key.split(".", 1)
+        if target == GROUP and new_name in spec.keys:
+            rule[new_name] = value
+        elif target == "meta":
+            meta[new_name] = value
+    new[GROUP] = rule
+    return new
+
+
+__all__ = ["GROUP", "LEARNED", "RuleConfigError", "RuleSpec", "build_rule", "check_rule_config", "register_rule", "rule_config",
+           "rule_names", "rule_spec", "unregister_rule", "upgrade_config"]

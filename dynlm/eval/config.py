@@ -11,8 +11,12 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 
 from ..config import DataConfig, LoggerConfig, register_configs
+from ..dynamic.rules import LEARNED, rule_names
 
-METHODS = ("static", "dyneval", "meta")
+
+def methods() -> List[str]:
+    """What evaluation can run, in running order: static, every fixed rule (dyneval), the checkpoint's learned rule."""
+    return ["static", *rule_names(learned=False), LEARNED]
 
 
 @dataclass
@@ -30,11 +34,11 @@ class EvalOptions:
     seg_len: Optional[int] = None
     # Tokens per forward pass of static evaluation (None: the checkpoint's data.eval_bptt). No effect on results.
     chunk: Optional[int] = None
-    # Krause's dynamic evaluation hyper-parameters (None: Krause's defaults, meta.lr/lam/eps of dynlm/config.py, for
-    # a stage-1 checkpoint; the meta-learner's starting rule, its meta config, for a stage-2 checkpoint).
-    dyneval_lr: Optional[float] = None
-    dyneval_lam: Optional[float] = None  # λ, as dyneval_lr (η) above
-    dyneval_eps: Optional[float] = None  # ε, as dyneval_lr (η) above
+    # Krause's dynamic evaluation hyper-parameters (None: Krause's defaults, conf/rule/dyneval.yaml, for a stage-1
+    # checkpoint; where the learned rule started, its rule config's eta/lam/eps, for a stage-2 checkpoint).
+    dyneval_eta: Optional[float] = None
+    dyneval_lam: Optional[float] = None  # λ, as dyneval_eta (η) above
+    dyneval_eps: Optional[float] = None  # ε, as dyneval_eta (η) above
     # Gradient statistics for dyneval when the checkpoint has none (a stage-1 checkpoint): Krause's, measured on
     # this many train tokens in batches of this many streams (None: the checkpoint's meta.gradstat_tokens, 200,000
     # by default, and meta.gradstat_streams, 100; at least the split's size: all of it). Read the Krause scale
@@ -64,7 +68,7 @@ class EvalOptions:
 class EvalRunConfig:
     checkpoint: Optional[str] = None  # path of a .pt written by scripts/train.py (required)
     split: str = "test"  # valid | test (train works too)
-    # null: static, dyneval, and meta when the checkpoint has a meta-learner (a stage-2 checkpoint).
+    # null: static, dyneval, and learned when the checkpoint has a learned rule (a stage-2 checkpoint).
     methods: Optional[List[str]] = None
     # Data settings default to the checkpoint's own (its data config): keys set here replace them. data.dir
     # defaults to the folder the checkpoint was trained on.
@@ -79,4 +83,4 @@ def register_eval_configs() -> None:
     ConfigStore.instance().store(name="base_eval_config", node=EvalRunConfig)
 
 
-__all__ = ["EvalOptions", "EvalRunConfig", "METHODS", "register_eval_configs"]
+__all__ = ["EvalOptions", "EvalRunConfig", "methods", "register_eval_configs"]

@@ -9,7 +9,7 @@ Called by `scripts/evaluate.py` (Hydra) and directly by tests. Writes into `run_
     token_losses.npz            every token's loss per method, with token ids, article ids and positions
     metrics.jsonl               the overall numbers as `eval/<split>/<method>/<key>` scalars
     loss_by_position.png, article_ppl.png, instant_gain.png
-    html/article_<index>.html   tokens coloured by the loss gain of meta (or dyneval) over static
+    html/article_<index>.html   tokens coloured by the loss gain of the learned rule (or dyneval) over static
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from .. import dist
+from ..dynamic.rules import LEARNED
 from ..run.logger import RunLogger
 from ..run.setup import config_dict, save_resolved_config
 from .html import article_page, helps_most_least
@@ -96,7 +97,6 @@ def build_results(cfg, prep: EvalInputs, losses: Dict[str, Tensor], seconds: Dic
         loss_bins[m] = mean.tolist()
     gain_bins = {m: [s - x for s, x in zip(loss_bins["static"], loss_bins[m])] for m in losses if m != "static"}
     ckpt = prep.ckpt
-    dyn = prep.dyneval_cfg
     return {
         "split": cfg.split,
         "checkpoint": {"path": str(prep.ckpt_path), "sha256": prep.ckpt_sha256, "stage": ckpt.get("stage"),
@@ -112,8 +112,9 @@ def build_results(cfg, prep: EvalInputs, losses: Dict[str, Tensor], seconds: Dic
                      f"{cfg.eval.streams} article-aligned streams read side by side, each from the static weights"},
         "seg_len": prep.seg_len if len(losses) > 1 else None, "chunk": prep.chunk,
         "grad_stats": stats_info,
-        "dyneval": {"lr": dyn.lr, "lam": dyn.lam, "eps": dyn.eps, "adapted": list(prep.names or [])}
-        if dyn is not None else None,
+        # each fixed rule's settings (dyneval: eta, lam, eps) and the parameters it adapted
+        **{m: {**{k: v for k, v in c.items() if k != "name"}, "adapted": list(prep.names or [])}
+           for m, c in prep.fixed_rules.items()},
         "methods": methods,
         "articles": rows,
         "position_bins": {"bins": bins, "centers": bin_centers(bins), "tokens": count.tolist(),
@@ -125,7 +126,9 @@ def build_results(cfg, prep: EvalInputs, losses: Dict[str, Tensor], seconds: Dic
 
 
 def _gain_method(methods: List[str]) -> Optional[str]:
-    return "meta" if "meta" in methods else ("dyneval" if "dyneval" in methods else None)
+    """The learned rule's when it ran, else the first fixed rule's."""
+    adaptive = [m for m in methods if m != "static"]
+    return LEARNED if LEARNED in adaptive else (adaptive[0] if adaptive else None)
 
 
 def make_plots(run_dir: Path, prep: EvalInputs, results: dict, losses: Dict[str, Tensor], e) -> Dict[str, Path]:
@@ -190,7 +193,7 @@ def print_summary(results: dict, run_dir: Path) -> None:
         word = f"  word ppl {v['word_ppl']:.2f}" if "word_ppl" in v else ""
         print0(f"  {m:8s} ppl {v['ppl']:10.2f}  loss {v['loss']:.4f}{word}")
     if results.get("grad_stats") and results["grad_stats"]["source"] in ("measured", "cached"):
-        print0(f"  (dyneval used gradient statistics measured on {results['grad_stats']['tokens']} train tokens, "
+        print0(f"  (the fixed rules used gradient statistics measured on {results['grad_stats']['tokens']} train tokens, "
                f"{results['grad_stats']['source']})")
     print0(f"results in {run_dir}")
 

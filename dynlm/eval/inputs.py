@@ -1,6 +1,6 @@
 """Everything evaluation reads and checks before its long work: options, checkpoint, model, learner, data.
 
-A wrong method, a missing or mismatched checkpoint, `meta` without a meta-learner, or data with another
+A wrong method, a missing or mismatched checkpoint, `learned` without a learned rule, or data with another
 vocabulary fails here with a message that says what to do, before gradient statistics are measured or any
 split is read by a model.
 """
@@ -21,13 +21,14 @@ from ..data import Corpus, Split, hold_out, load_corpus
 from ..data.sources import read_hub, read_local
 from ..dynamic.fast_weights import select_dynamic
 from ..dynamic.grad_stats import GradStats
+from ..dynamic.rules import LEARNED, rule_config, rule_names
 from ..model import AWDLSTM
 from ..run.checkpoint import CheckpointError, load_checkpoint
 from ..run.from_checkpoint import (check_data_matches, holdout_articles, lm_from_checkpoint, load_learner,
                                    stored_grad_stats)
 from ..run.setup import select_device
 from .aggregate import article_word_counts
-from .config import METHODS
+from .config import methods as all_methods
 
 
 class EvalConfigError(DynlmError, ValueError):
@@ -53,10 +54,10 @@ class EvalInputs:
     seg_len: int
     chunk: int
     names: Optional[List[str]]  # dynamic parameters (adaptive methods only)
-    ckpt_meta: Optional[DictConfig]  # the checkpoint's meta config (the learner's)
-    dyneval_cfg: Optional[DictConfig]  # the dyneval rule's settings
+    ckpt_meta: Optional[DictConfig]  # the checkpoint's stage-2 config (segments, statistics)
+    fixed_rules: Dict[str, DictConfig]  # the config of every fixed rule evaluated (dyneval), by method name
     stats: Optional[GradStats]  # gradient statistics, when the checkpoint has them
-    learner: Optional[nn.Module]  # the meta-learner, loaded
+    learner: Optional[nn.Module]  # the checkpoint's learned rule, loaded
 
     @property
     def ids(self) -> torch.Tensor:
@@ -68,18 +69,21 @@ class EvalInputs:
 
     @property
     def needs_train(self) -> bool:
-        return "dyneval" in self.methods and self.stats is None
+        return bool(self.fixed_rules) and self.stats is None
 
 
 def check_options(cfg: DictConfig) -> Optional[List[str]]:
     """Every option that can be checked without the checkpoint; returns the methods asked for (None: default)."""
     methods = None if cfg.methods is None else list(cfg.methods)
     if methods is not None:
-        unknown = [m for m in methods if m not in METHODS]
+        if "meta" in methods:
+            raise EvalConfigError(f"methods={methods}: the method meta is now called {LEARNED} (the checkpoint's "
+                                  f"learned rule): use methods=[{','.join(LEARNED if m == 'meta' else m for m in methods)}]")
+        unknown = [m for m in methods if m not in all_methods()]
         if unknown or not methods:
             raise EvalConfigError(
-                f"unknown method(s) {unknown or methods} in methods={methods}: choose among {list(METHODS)}, "
-                "e.g. methods=[static,dyneval,meta]"
+                f"unknown method(s) {unknown or methods} in methods={methods}: choose among {all_methods()}, "
+                f"e.g. methods=[{','.join(all_methods())}]"
             )
         if len(set(methods)) != len(methods):
             raise EvalConfigError(f"methods={methods} lists a method twice")
@@ -99,17 +103,18 @@ def check_options(cfg: DictConfig) -> Optional[List[str]]:
 
 def resolve_methods(methods: Optional[List[str]], has_learner: bool, path: Path, stage) -> List[str]:
     """The methods in running order. Static always runs first: it is the reference of every loss gain."""
+    without_learner = [m for m in all_methods() if m != LEARNED]
     if methods is None:
-        methods = list(METHODS) if has_learner else ["static", "dyneval"]
-    if "meta" in methods and not has_learner:
+        methods = all_methods() if has_learner else without_learner
+    if LEARNED in methods and not has_learner:
         raise EvalConfigError(
-            f"methods includes meta but {path} is a stage-{stage or 'lm'} checkpoint without a meta-learner. "
+            f"methods includes {LEARNED} but {path} is a stage-{stage or 'lm'} checkpoint without a learned rule. "
             "Train one with `python scripts/train.py stage=meta meta.lm_checkpoint=<this checkpoint> ...` and "
-            "evaluate its checkpoint, or use methods=[static,dyneval]."
+            f"evaluate its checkpoint, or use methods=[{','.join(without_learner)}]."
         )
     if "static" not in methods:
         dist.print0("static is evaluated too: it is the reference of every loss gain")
-    return ["static"] + [m for m in METHODS[1:] if m in methods]
+    return ["static"] + [m for m in all_methods()[1:] if m in methods]
 
 
 def _known(d: Optional[dict], schema) -> dict:
@@ -126,8 +131,8 @@ def effective_data_config(user: DictConfig, ckpt_cfg: Dict[str, Any]) -> DictCon
 
 
 def meta_settings(ckpt_cfg: Dict[str, Any], has_learner: bool) -> DictConfig:
-    """The meta-learner's config for a stage-2 checkpoint (its statistics and scale travel with it); for a
-    stage-1 checkpoint, which never used its meta config, today's defaults (Krause's)."""
+    """The stage-2 config of a stage-2 checkpoint (its segment length and statistics travel with its learned rule);
+    for a stage-1 checkpoint, which never used its meta config, today's defaults."""
     schema = OmegaConf.structured(MetaConfig)
     return OmegaConf.merge(schema, _known(ckpt_cfg.get("meta"), MetaConfig)) if has_learner else schema
 
@@ -151,9 +156,14 @@ def dynamic_names(model, ckpt: Dict[str, Any], patterns: Optional[List[str]], pa
     return list(stored)
 
 
-def dyneval_settings(ckpt_meta: DictConfig, e) -> DictConfig:
-    chosen = {"lr": e.dyneval_lr, "lam": e.dyneval_lam, "eps": e.dyneval_eps}
-    return OmegaConf.merge(ckpt_meta, {"name": "dyneval", **{k: v for k, v in chosen.items() if v is not None}})
+def fixed_rule_settings(method: str, learned_rule: Optional[Dict[str, Any]], e) -> DictConfig:
+    """A fixed rule's config: its defaults (a stage-1 checkpoint), or where the checkpoint's learned rule started
+    (the keys the two share: η, λ, ε); for dyneval, the `eval.dyneval_*` set replace them."""
+    cfg = rule_config(method, like=learned_rule)
+    if method == "dyneval":
+        chosen = {"eta": e.dyneval_eta, "lam": e.dyneval_lam, "eps": e.dyneval_eps}
+        cfg = OmegaConf.merge(cfg, {k: v for k, v in chosen.items() if v is not None})
+    return cfg
 
 
 def split_words(data_cfg: DictConfig, split: str) -> List[int]:
@@ -176,22 +186,23 @@ def load_inputs(cfg: DictConfig) -> EvalInputs:
     device = select_device(e.device)
     model = lm_from_checkpoint(ckpt, path).to(device).eval()  # a config that does not match the weights fails here
 
-    ckpt_meta = meta_settings(ckpt["config"], ckpt.get("meta_learner") is not None)
+    has_learner = ckpt.get("meta_learner") is not None
+    ckpt_meta = meta_settings(ckpt["config"], has_learner)
     seg_len = int(e.seg_len or ckpt_meta.seg_len)
-    names = stats = learner = dyneval_cfg = None
+    learned_rule = ckpt["config"].get("rule") if has_learner else None
+    fixed_rules = {m: fixed_rule_settings(m, learned_rule, e) for m in methods if m in rule_names(learned=False)}
+    names = stats = learner = None
     if len(methods) > 1:
         names = dynamic_names(model, ckpt, e.dynamic, path)
         stats = stored_grad_stats(ckpt, names, device)
-        if "dyneval" in methods:
-            dyneval_cfg = dyneval_settings(ckpt_meta, e)
-        if "meta" in methods:
+        if LEARNED in methods:
             if stats is None:
-                raise CheckpointError(f"checkpoint {path} has a meta-learner but no gradient statistics (grad_stats)")
-            learner = load_learner(ckpt, ckpt_meta, names, stats, path, device).eval()
+                raise CheckpointError(f"checkpoint {path} has a learned rule but no gradient statistics (grad_stats)")
+            learner = load_learner(ckpt, names, stats, path, device).eval()
 
     holdout_articles(cfg.data.meta_holdout_articles, ckpt, path)  # train is what stage 1 read: no other cut
     data_cfg = effective_data_config(cfg.data, ckpt["config"])
-    splits = (cfg.split,) if not ("dyneval" in methods and stats is None) else tuple(dict.fromkeys((cfg.split, "train")))
+    splits = (cfg.split,) if not (fixed_rules and stats is None) else tuple(dict.fromkeys((cfg.split, "train")))
     corpus = load_corpus(data_cfg, splits=splits)
     check_data_matches(ckpt, corpus, path)  # another vocabulary fails here
     split = corpus.splits[cfg.split]
@@ -215,7 +226,7 @@ def load_inputs(cfg: DictConfig) -> EvalInputs:
         ckpt_path=path.resolve(), ckpt_sha256=sha256_file(path), ckpt=ckpt, model=model, device=device,
         data_cfg=data_cfg, corpus=corpus, split=split, num_articles=num_articles, num_tokens=num_tokens,
         words=words[:num_articles], methods=methods, seg_len=seg_len,
-        chunk=int(e.chunk or data_cfg.eval_bptt), names=names, ckpt_meta=ckpt_meta, dyneval_cfg=dyneval_cfg,
+        chunk=int(e.chunk or data_cfg.eval_bptt), names=names, ckpt_meta=ckpt_meta, fixed_rules=fixed_rules,
         stats=stats, learner=learner,
     )
 

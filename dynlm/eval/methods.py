@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .. import dist
 from ..dynamic.grad_stats import GradStats
 from ..dynamic.reading import read_stream, stream_starts
-from ..dynamic.rules import build_rule
+from ..dynamic.rules import LEARNED, build_rule
 from ..run.from_checkpoint import grad_stats_for
 from ..run.progress import token_bar
 from .inputs import EvalInputs
@@ -46,10 +46,11 @@ def run_methods(inp: EvalInputs, reset_per_article: bool, progress_bar: bool = T
     eos = inp.corpus.tokenizer.eos_id
     restarts = inp.article_starts.tolist() if reset_per_article else None
     rules = dict(rules or {})
-    if "dyneval" in inp.methods and "dyneval" not in rules:
-        rules["dyneval"] = build_rule(inp.dyneval_cfg, inp.names, inp.stats, name="dyneval").to(inp.device)
-    if "meta" in inp.methods and "meta" not in rules:
-        rules["meta"] = inp.learner
+    for method, rule_cfg in inp.fixed_rules.items():
+        if method not in rules:
+            rules[method] = build_rule(rule_cfg, inp.names, inp.stats).to(inp.device)
+    if LEARNED in inp.methods and LEARNED not in rules:
+        rules[LEARNED] = inp.learner
     losses: Dict[str, Tensor] = {}
     seconds: Dict[str, float] = {}
     for method in inp.methods:

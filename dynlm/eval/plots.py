@@ -15,11 +15,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from torch import Tensor  # noqa: E402
 
+from ..dynamic.rules import LEARNED  # noqa: E402
 from .titles import readable_title  # noqa: E402
 
-COLORS = {"static": "#7f7f7f", "dyneval": "#1f77b4", "meta": "#d62728"}
+# a method without a colour of its own (another fixed rule) takes matplotlib's next one
+COLORS = {"static": "#7f7f7f", "dyneval": "#1f77b4", LEARNED: "#d62728"}
 # The static model is the reference, and the adaptive curves often lie right on it (early in an article, or
-# a meta-learner that starts as dyneval): on top of them (zorder), dashed and black, it stays visible and the
+# a learned rule that starts as dyneval): on top of them (zorder), dashed and black, it stays visible and the
 # solid curves show through its gaps.
 STATIC_STYLE = {"color": "black", "ls": "--", "lw": 1.5, "zorder": 3}
 TITLE_CHARS = 28  # article titles in labels are cut to this many characters

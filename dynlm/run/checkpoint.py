@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping
 import torch
 
 from ..config import DynlmError
+from ..dynamic.rules import upgrade_config
 
 FORMAT = "dynlm-checkpoint-v1"
 
@@ -83,6 +84,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dynlm checkpoint: it is a PyTorch file without dynlm's format tag "
                               f"{FORMAT!r}. {fix}")
+    if isinstance(ckpt.get("config"), dict):  # one written before a key was renamed reads as today's
+        ckpt["config"] = upgrade_config(ckpt["config"])
     return ckpt
 
 

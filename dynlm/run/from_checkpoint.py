@@ -19,7 +19,7 @@ from .. import dist
 from ..cache import sha256_file
 from ..data import HELDOUT, Split
 from ..dynamic.grad_stats import GradStats, measure_grad_stats
-from ..dynamic.rules import LEARNED_RULES, build_rule
+from ..dynamic.rules import build_rule, rule_spec
 from ..model import AWDLSTM, build_model
 from .checkpoint import CheckpointError, load_checkpoint, load_weights
 from .grad_stats_cache import cache_path, load_cached, save_cached
@@ -102,16 +102,19 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
     return a == b
 
 
-def load_learner(ckpt: Dict[str, Any], meta_cfg: DictConfig, names: Sequence[str], stats: GradStats,
-                 path: str | Path, device: torch.device) -> nn.Module:
-    """The learned meta-learner of a stage-2 checkpoint, as its config describes it, with its trained φ."""
-    # the rule it trained (checkpoints written before meta=cheap existed, or naming no learned rule, are gated)
-    learner = build_rule(meta_cfg, names, stats, name=meta_cfg.name if meta_cfg.name in LEARNED_RULES else "gated")
+def load_learner(ckpt: Dict[str, Any], names: Sequence[str], stats: GradStats, path: str | Path,
+                 device: torch.device) -> nn.Module:
+    """The learned rule of a stage-2 checkpoint, as its stored config (`rule`) describes it, with its trained φ."""
+    rule_cfg = ckpt["config"]["rule"]
+    if not rule_spec(rule_cfg.get("name")).learned:
+        raise CheckpointError(f"checkpoint {path} stores a learner but its config names the fixed rule "
+                              f"{rule_cfg.get('name')}: was it edited?")
+    learner = build_rule(rule_cfg, names, stats)
     try:
         learner.load_state_dict(ckpt["meta_learner"])
     except RuntimeError as e:
         raise CheckpointError(
-            f"the meta-learner in checkpoint {path} does not match the one its config.meta describes ({e}). "
+            f"the learned rule in checkpoint {path} does not match the one its config.rule describes ({e}). "
             "Was the checkpoint edited, or written by another version of dynlm?"
         ) from None
     return learner.to(device)

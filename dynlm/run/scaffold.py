@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .. import dist
 from ..config import check_ranges
+from ..dynamic.rules import check_rule_config
 from .checkpoint import capture_rng, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .jsonl import cut_after_step
 from .logger import RunLogger
@@ -63,6 +64,7 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
     """Train the task `build(cfg, device, resumed checkpoint or None, its path)` makes, in `run_dir`."""
     run_dir = Path(run_dir)
     check_ranges(cfg)  # before any work: a non-finite learning rate would only skip every update
+    check_rule_config(cfg.rule)  # the rule's own keys: its schema's ranges
     tc = cfg.trainer
     device = select_device(tc.device)
     seed_everything(tc.seed)

@@ -80,7 +80,7 @@ def es_window(ml: MetaLearning, streams: MetaStreams, position: int, state: Read
     ml.optimizer.zero_grad(set_to_none=True)
     if n_bad == 0 and bool(torch.isfinite(grad).all()):
         assign_flat_grad(params, grad)
-        torch.nn.utils.clip_grad_norm_(params, mc.meta_clip)
+        torch.nn.utils.clip_grad_norm_(params, mc.clip)
         ml.optimizer.step()
     else:
         skipped = int(n_bad) or 1

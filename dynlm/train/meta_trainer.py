@@ -22,7 +22,7 @@ from ..data import HELDOUT, MetaStreams, load_corpus
 from ..dynamic.fast_weights import finite_streams, select_dynamic
 from ..dynamic.grad_stats import GradStats
 from ..dynamic.reading_state import ReadingState, fresh_state
-from ..dynamic.rules import LEARNED_RULES, build_rule
+from ..dynamic.rules import LEARNED, build_rule, check_rule_config, rule_names
 from ..dynamic.segment import adapt_segment
 from ..model import LMState, static_weights
 from ..run.checkpoint import load_checkpoint, load_weights
@@ -103,7 +103,7 @@ def meta_window(ml: MetaLearning, streams: MetaStreams, position: int, state: Re
     )
     skipped = 0
     if grads_ok and n_bad == 0:
-        torch.nn.utils.clip_grad_norm_(params, mc.meta_clip)
+        torch.nn.utils.clip_grad_norm_(params, mc.clip)
         ml.optimizer.step()
     else:
         skipped = int(n_bad) or 1
@@ -125,15 +125,16 @@ def next_window(ml: MetaLearning, streams: MetaStreams, position: int, state: Re
     return meta_window(ml, streams, position, state, static_lm)
 
 
-def build_meta_learning(mc: DictConfig, model: nn.Module, names: List[str], stats: GradStats) -> MetaLearning:
-    """The learner `meta` describes (at its dyneval initialisation), and Adam on φ (and on θ0 when
-    `meta.train_static`); θ0 is trainable only then."""
+def build_meta_learning(mc: DictConfig, rule: DictConfig, model: nn.Module, names: List[str], stats: GradStats
+                        ) -> MetaLearning:
+    """The learned rule `rule` describes (at its initialisation), and Adam on φ (and on θ0 when
+    `meta.train_static`, as `mc` says); θ0 is trainable only then."""
     device = next(model.parameters()).device
-    learner = build_rule(mc, names, stats).to(device)
+    learner = build_rule(rule, names, stats).to(device)
     anchor = {n: p.detach().clone() for n, p in model.named_parameters()}  # θ0*, the stage-1 weights
     for p in model.parameters():
         p.requires_grad_(bool(mc.train_static))
-    groups = [{"params": list(learner.parameters()), "lr": mc.meta_lr}]
+    groups = [{"params": list(learner.parameters()), "lr": mc.learner_lr}]
     if mc.train_static:
         groups.append({"params": list(model.parameters()), "lr": mc.static_lr})
     return MetaLearning(mc, model, learner, torch.optim.Adam(groups), names, stats, anchor)
@@ -187,9 +188,9 @@ class MetaTask:
     def __init__(self, cfg: DictConfig, device: torch.device, resumed: Optional[Dict[str, Any]],
                  path: Optional[Path], on_window: Optional[WindowHook] = None):
         mc = cfg.meta
-        if mc.name not in LEARNED_RULES:
-            raise ConfigValueError(f"stage=meta trains a learned rule: use meta=gated or meta=cheap (meta={mc.name} has "
-                                   "nothing to train)")
+        if not check_rule_config(cfg.rule).learned:
+            raise ConfigValueError("stage=meta trains a learned rule: use " + " or ".join(
+                f"rule={n}" for n in rule_names(learned=True)) + f" (rule={cfg.rule.name} has nothing to train)")
         check_estimator(mc)
         lm_path = path if resumed is not None else mc.lm_checkpoint
         if lm_path is None:
@@ -213,7 +214,7 @@ class MetaTask:
         stats, _ = grad_stats_for(model, names, lm_ckpt, lm_path, corpus.splits["train"], corpus.checksums["train"],
                                   mc.gradstat_tokens, mc.gradstat_streams, mc.seg_len, cfg.data.cache_dir,
                                   progress_bar=cfg.trainer.progress_bar)
-        self.ml = build_meta_learning(mc, model, names, stats)
+        self.ml = build_meta_learning(mc, cfg.rule, model, names, stats)
         self.state, self.static_lm = fresh_window_state(self.ml, self.streams.num_local_streams)
         if resumed is not None:
             self._restore(resumed, path)
@@ -256,7 +257,7 @@ class MetaTask:
             raise MetaDivergedError(
                 f"the last {self._skipped_in_a_row} windows (to step {progress.step + 1}) were all skipped: non-finite "
                 "meta-gradients or dynamic weights, so meta-training is diverging. The last good checkpoint is the run "
-                "folder's checkpoints/last.pt (the last validation); lower meta.meta_lr or meta.lr and resume from it "
+                "folder's checkpoints/last.pt (the last validation); lower meta.learner_lr or rule.eta and resume from it "
                 "(trainer.resume=true). meta.max_skipped_windows sets how many skipped windows in a row stop a run."
             )
         return bool(report.skipped)
@@ -279,7 +280,7 @@ class MetaTask:
         metrics = quick_adaptive_valid(ml.model, ml.learner, ml.stats, ml.names, self.corpus, self.cfg,
                                        logger=logger, step=step)
         # Every rank evaluates the same articles with the same weights; rank 0's loss decides for all.
-        return dist.broadcast_float(metrics["valid/meta/loss"]), metrics
+        return dist.broadcast_float(metrics[f"valid/{LEARNED}/loss"]), metrics
 
     def checkpoint_state(self) -> Dict[str, Any]:
         ml = self.ml
@@ -295,7 +296,7 @@ class MetaTask:
         }
 
     def result(self, progress: Progress, valid_loss: float) -> Dict[str, float]:
-        return {"step": progress.step, "valid/meta/loss": valid_loss, "valid/meta/ppl": math.exp(valid_loss)}
+        return {"step": progress.step, f"valid/{LEARNED}/loss": valid_loss, f"valid/{LEARNED}/ppl": math.exp(valid_loss)}
 
 
 def _state_dict(state: ReadingState) -> dict:
