@@ -220,7 +220,7 @@ def test_scripts_evaluate_runs_with_wandb_offline(trained, tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "meta     ppl" in proc.stdout
+    assert "learned  ppl" in proc.stdout
     results = json.loads((run / "results.json").read_text())
     assert list(results["methods"]) == ["static", "learned"]
     check_outputs(run, results, load_split(data, "valid"))
