@@ -180,7 +180,7 @@ RENAMED_KEYS = {
     "meta.tensor_emb": "rule.tensor_emb", "meta.momentum": "rule.momentum", "meta.momentum_init": "rule.momentum_init",
     "meta.meta_lr": "meta.learner_lr", "meta.meta_clip": "meta.clip", "eval.dyneval_lr": "eval.dyneval_eta",
 }
-RENAMED_GROUPS = {"meta": "rule"}  # `meta=gated` chose the rule: now `rule=gated`
+RENAMED_GROUPS = {"meta": "rule"}  # `meta=NAME` chose the rule: now `rule=NAME`
 
 
 def renamed_message(key: str, value: str) -> str | None:

@@ -14,7 +14,7 @@ from .fast_weights import FastWeights, per_stream, reset_streams, zero_rows
 class ReadingState:
     lm: LMState  # per layer (h [B, H], c [B, H])
     fast: FastWeights  # name -> [B, *shape]
-    # learner state, one row per stream: per coordinate [B, *shape] (gated momentum) or per stream [B, k] (cheap);
+    # learner state, one row per stream: per coordinate [B, *shape] (a momentum) or per stream [B, k] (a running context);
     # [1, ...] while still at its initial value shared by every stream
     learner: Dict[str, Tensor] = field(default_factory=dict)
 

@@ -75,12 +75,12 @@ def main():
     register_eval_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("evaluate", [f"checkpoint={a.checkpoint}", "split=valid", "methods=[dyneval]",
-                          f"eval.max_articles={a.articles}", "eval.dyneval_lr=0.00007", "eval.dyneval_lam=0.001",
+                          f"eval.max_articles={a.articles}", "eval.dyneval_eta=0.00007", "eval.dyneval_lam=0.001",
                           "eval.dynamic=[*]", "eval.progress_bar=false"])
     inp = load_inputs(cfg)
     ensure_grad_stats(inp, cfg.eval.gradstat_tokens, cfg.eval.gradstat_streams, True)
-    rule = RowScaledDynEval(inp.names, inp.stats, lr=inp.dyneval_cfg.lr, lam=inp.dyneval_cfg.lam,
-                            eps=inp.dyneval_cfg.eps, update=inp.dyneval_cfg.update_gate_init)
+    krause = inp.fixed_rules["dyneval"]
+    rule = RowScaledDynEval(inp.names, inp.stats, eta=krause.eta, lam=krause.lam, eps=krause.eps)
     rule.configure(a.seen, a.rho, a.table_scale, a.lstm_scale, inp.model.vocab_size)
     inp.methods = ["dyneval"]
     started = time.time()
