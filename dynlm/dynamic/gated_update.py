@@ -14,6 +14,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ..maths.krause import krause_flush
+
 # The learned rule's log-gates need copy > 0: its prior keeps flush this far below 1 (Krause allows 1).
 MAX_PRIOR_FLUSH = 1.0 - 1e-3
 
@@ -24,11 +26,6 @@ def normalized_grad(g: Tensor, rms: Tensor, eps: float) -> Tensor:
 
 def gated_update(theta: Tensor, theta0: Tensor, step: Tensor, copy: Tensor, update: Tensor, flush: Tensor) -> Tensor:
     return copy * theta + update * (theta - step) + flush * theta0
-
-
-def krause_flush(rms: Tensor, decay_norm: float, lam: float) -> Tensor:
-    """Krause's per-coordinate decay λ · decrate, decrate = rms / decay_norm capped at 1/λ (so flush ≤ 1)."""
-    return (lam * rms / decay_norm).clamp(min=1e-12, max=1.0)
 
 
 def krause_gate_logits(rms: Tensor, decay_norm: float, lam: float, update: float) -> Tuple[Tensor, float]:

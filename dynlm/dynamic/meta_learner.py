@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blockwise import blockwise
+from ..kernels.blockwise import blockwise
 from .gated_update import gated_update, krause_gate_logits, normalized_grad
 from .grad_stats import GradStats
-from .kernels import TransposedLinear, fast_asinh
+from ..kernels.fast_ops import TransposedLinear, fast_asinh
 from .rule_base import RuleOutput, StatsRule, buffer_name
 
 

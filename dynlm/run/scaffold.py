@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .. import dist
 from ..config import check_ranges
+from .allocator import keep_freed_memory_on
 from .checkpoint import capture_rng, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .jsonl import cut_after_step
 from .logger import RunLogger
@@ -65,6 +66,7 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
     check_ranges(cfg)  # before any work: a non-finite learning rate would only skip every update
     tc = cfg.trainer
     device = select_device(tc.device)
+    keep_freed_memory_on(device)
     seed_everything(tc.seed)
     ckpt_path = resume_path(tc.resume, run_dir)
     keep = [cfg.meta.lm_checkpoint] if cfg.stage == "meta" and cfg.meta.lm_checkpoint else []
