@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..maths.krause import krause_step
+from .krause_dense import krause_dense_step
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +134,14 @@ class TableGradient(FactoredGradient):
 def _blocked_step(theta: Tensor, flush: Tensor, anchored: Tensor, gain: Tensor, d: Tensor, h: Tensor,
                   s_decay: Tensor, s_step: Tensor, block_rows: int = BLOCK_ROWS) -> Tensor:
     """θ + s_decay · (anchored − flush ⊙ θ) − s_step · gain ⊙ (d h) for `d [B, R, L]`, `h [B, L, C]` and
-    `s_* [B, 1, 1]`, a block of rows at a time."""
+    `s_* [B, 1, 1]`, a block of rows at a time: the block's product, then the dense step on it while it is in
+    cache."""
     out = torch.empty(d.shape[0], d.shape[1], h.shape[2], dtype=theta.dtype, device=theta.device)
+    s_decay, s_step = s_decay.view(-1), s_step.view(-1)
     for start in range(0, out.shape[1], block_rows):
-        stop = min(start + block_rows, out.shape[1])
-        block, old = out[:, start:stop], theta[:, start:stop]
-        torch.mul(flush[start:stop], old, out=block)  # anchored − flush ⊙ θ: exactly 0 where θ = θ0, as in the
-        torch.sub(anchored[start:stop], block, out=block)  # dense step (one `addcmul` would round once, not twice)
-        block.mul_(s_decay).add_(old)
-        step = torch.bmm(d[:, start:stop], h).mul_(gain[start:stop])
-        block.addcmul_(step, s_step, value=-1.0)
+        rows = slice(start, min(start + block_rows, out.shape[1]))
+        krause_dense_step(theta[:, rows], anchored[rows], flush[rows], gain[rows], torch.bmm(d[:, rows], h),
+                          s_decay, s_step, out=out[:, rows])
     return out
 
 

@@ -15,9 +15,11 @@ from torch import Tensor
 
 
 def krause_dense_step(theta: Tensor, anchored: Tensor, flush: Tensor, gain: Tensor, g: Tensor,
-                      s_decay: Optional[Tensor] = None, s_step: Optional[Tensor] = None) -> Tensor:
+                      s_decay: Optional[Tensor] = None, s_step: Optional[Tensor] = None,
+                      out: Optional[Tensor] = None) -> Tensor:
     """θ + s_decay · (anchored − flush ⊙ θ) − s_step · gain ⊙ g for `θ, g [B, *shape]`, the rule's constants
-    `[*shape]` (anchored = flush ⊙ θ0) and per-stream scales `s_* [B]` (None: 1)."""
+    `[*shape]` (anchored = flush ⊙ θ0) and per-stream scales `s_* [B]` (None: 1), into `out` when given (no
+    graph; the factored step's blocks)."""
     streams = theta.shape[0]
     ones = None if s_decay is not None and s_step is not None else theta.new_ones(streams)
     s_decay = ones if s_decay is None else s_decay
@@ -26,9 +28,10 @@ def krause_dense_step(theta: Tensor, anchored: Tensor, flush: Tensor, gain: Tens
     graph = u.requires_grad or anchored.requires_grad or g.requires_grad
     u = anchored - u if graph else torch.sub(anchored, u, out=u)
     if streams == 1 and not theta.is_cuda and not (s_decay.requires_grad or s_step.requires_grad):
-        return torch.add(theta, u, alpha=float(s_decay)).addcmul_(gain, g, value=-float(s_step))
+        new = torch.add(theta, u, alpha=float(s_decay), out=out)
+        return new.addcmul_(gain, g, value=-float(s_step))
     view = (-1,) + (1,) * (theta.dim() - 1)
-    new = torch.addcmul(theta, u, s_decay.view(view))
+    new = torch.addcmul(theta, u, s_decay.view(view), out=out)
     step = gain * g if graph else torch.mul(gain, g, out=u)
     return new.addcmul_(step, s_step.view(view), value=-1.0)
 
