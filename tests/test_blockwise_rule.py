@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dynlm.kernels.blockwise as bw
-from dynlm.dynamic.gated_update import gated_update, normalized_grad
+from dynlm.maths.gated import gated_update, normalized_grad
 from dynlm.kernels.fast_ops import fast_asinh
 
 from dynamic_helpers import dyneval_for, perturb, setup

@@ -4,10 +4,11 @@ import copy
 import torch
 
 from dynlm.dynamic.fast_weights import select_dynamic
-from dynlm.dynamic.gated_update import gated_update, krause_gate_logits
+from dynlm.dynamic.gated_update import krause_gate_logits
 from dynlm.dynamic.reading import read_stream
 from dynlm.dynamic.rule_base import FrozenWeights
 from dynlm.dynamic.rules import ContextRule, DynEvalRule
+from dynlm.maths.gated import gated_update
 from dynlm.maths.krause import krause_step
 from dynlm.model import static_weights, token_nll
 

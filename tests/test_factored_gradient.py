@@ -194,6 +194,36 @@ def test_the_factored_gradient_in_training_mode_with_long_padded_segments(kind):
     assert not torch.allclose(other[1], same[1])
 
 
+def test_the_step_may_write_only_into_weights_the_reading_state_owns():
+    """A fresh state's fast weights are views of θ0: the step may never write into them. The weights an update (or a
+    reset) made belong to the state, and a reading loop that gives them up (`reuse_weights`) lets the next step
+    write into them; without `reuse_weights` nothing is written into."""
+    model = tiny_model(torch.float64).eval()
+    names = select_dynamic(model, ["*"])
+    offered = []
+
+    class Recording(DynEvalRule):
+        def forward(self, fast, grads, theta0, seg_loss, learner_state):
+            offered.append({n for n, g in grads.items() if isinstance(g, FactoredGradient) and g.overwrite})
+            return super().forward(fast, grads, theta0, seg_loss, learner_state)
+
+    rule = Recording(names, random_stats(model, names), lr=0.05, lam=0.02, eps=1e-3, update=0.5).double()
+    theta0 = static_weights(model, names)
+    x, y = _segment(streams=1)
+    state = fresh_state(model, theta0, 1, {})
+    assert state.owned == frozenset()
+    _, _, state, _ = adapt_segment(model, rule, state, theta0, x, y, reuse_weights=True)
+    assert offered[-1] == set() and state.owned == set(names)
+    adapt_segment(model, rule, state, theta0, x, y)
+    assert offered[-1] == set()
+    _, _, state, _ = adapt_segment(model, rule, state, theta0, x, y, reuse_weights=True)
+    matrices = {n for n in names if theta0[n].dim() == 2}
+    assert offered[-1] == matrices
+    fresh = fresh_state(model, theta0, 1, {})
+    assert fresh.reset(torch.tensor([True]), theta0).owned == set(names)  # a reset makes new tensors
+    assert fresh.reset(torch.tensor([False]), theta0).owned == frozenset()
+
+
 def _random_step_inputs(streams=2, rows=VOCAB, width=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(streams, rows, width, generator=g)

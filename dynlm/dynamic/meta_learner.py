@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels.blockwise import blockwise
-from .gated_update import gated_update, krause_gate_logits, normalized_grad
-from .grad_stats import GradStats
 from ..kernels.fast_ops import TransposedLinear, fast_asinh
+from ..maths.gated import gated_update, normalized_grad
+from .gated_update import krause_gate_logits
+from .grad_stats import GradStats
 from .rule_base import RuleOutput, StatsRule, buffer_name
 
 

@@ -130,7 +130,7 @@ def adapt_segment(
         with torch.enable_grad():
             seg_loss, nll, lm_state = segment_losses(model, read_as, state.lm, x, y, use_checkpoint, mask)
             found = torch.autograd.grad(
-                seg_loss.sum(), [fast[n] for n in fast], retain_graph=keep_graph, create_graph=second_order
+                seg_loss.sum(), list(fast.values()), retain_graph=keep_graph, create_graph=second_order
             )
         grads = {n: (g if second_order else g.detach()) for n, g in zip(fast, found)}
     if keep_graph:
