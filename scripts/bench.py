@@ -21,7 +21,7 @@ rules read are measured on it through `grad_stats_for`, the path stage 2 and eva
 
 - `lstm_fwd_bwd`  `dynlm.model.lstm_layer` (per-stream weights) fwd+bwd (grads w.r.t. weights, input, state)
                   / `nn.LSTM` with shared weights, same shapes (B=8, H=512, I=512, T=70); also
-                  `lstm_layer_loop` (the plain autograd recurrence).
+                  `maths.lstm.lstm_layer_reference` (the plain autograd recurrence).
 - `lm_train`      stage-1 tokens/s of `dynlm.train.lm_trainer.lm_step` (conf's model=small with its
                   dropouts and AR/TAR, `build_optimizer(cfg.optim)`, clip; B=20, bptt=70) / a plain `nn.LSTM`
                   LM of the same sizes, tied embeddings, no regularisation; `ratio_noreg`: `lm_step` with
@@ -89,7 +89,8 @@ from dynlm.data import MetaStreams, Split, WordVocab, batchify, build_split, get
 from dynlm.dynamic.fast_weights import select_dynamic  # noqa: E402
 from dynlm.dynamic.reading import read_stream, stream_starts  # noqa: E402
 from dynlm.dynamic.rules import build_rule, rule_config  # noqa: E402
-from dynlm.model import AWDLSTM, build_model, lstm_layer, lstm_layer_loop, static_weights  # noqa: E402
+from dynlm.maths.lstm import lstm_layer_reference  # noqa: E402
+from dynlm.model import AWDLSTM, build_model, lstm_layer, static_weights  # noqa: E402
 from dynlm.run.allocator import keep_freed_memory, return_freed_memory, trim_freed_memory  # noqa: E402
 from dynlm.run.from_checkpoint import grad_stats_for  # noqa: E402
 from dynlm.train.lm_trainer import build_optimizer, lm_step  # noqa: E402
@@ -417,7 +418,7 @@ def fig_lstm_fwd_bwd(s: Sizes, device, quick: bool) -> dict:
             lstm_layer(x, (h0, c0), *per)
 
     fns = {"per_stream": run_impl(lstm_layer), "nn_lstm": run_ref, "per_stream_fwd_nograd": fwd_nograd}
-    fns["autograd_loop"] = run_impl(lstm_layer_loop)
+    fns["autograd_loop"] = run_impl(lstm_layer_reference)
     reps = s.reps if quick else max(3, s.reps - 2)
     times = interleaved(fns, reps, s.warmup, device)
     per_bytes = B * 4 * H * H * per[1].element_size()
@@ -547,7 +548,7 @@ def copy_bandwidth(device, mb: int = 256, reps: int = 5) -> float:
 # Passes over the dynamic weights that one segment of dyneval must make: read θ in the forward pass, read it
 # again in the backward pass (∂h), then the update reads θ, θ0 and rms (from which flush and the step size follow)
 # and writes θ'. The gradient g need not be written and read back: it is a sum of L outer products that the
-# update can form as it goes (`dynlm/dynamic/factored_gradient.py` does so: for the tied table the step reads θ,
+# update can form as it goes (`dynlm/kernels/factored_gradient.py` does so: for the tied table the step reads θ,
 # flush, flush·θ0 and gain, 7 passes in all, and for the LSTM matrices likewise, 7). The static weights are read twice
 # (forward, and backward for ∂h): with the LSTM weights only adapting, the 26.6 MB decoder table is most of the
 # bytes that must move.
@@ -770,7 +771,7 @@ def main(argv=None) -> int:
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
-    keep_freed_memory()  # as training and evaluation on CPU run (run/setup.py:select_device)
+    keep_freed_memory()  # as training and evaluation on CPU run (run/allocator.py:keep_freed_memory_on)
     # memory last: it makes glibc return freed memory, which slows allocation for whatever runs after it
     for name in sorted(only, key=FIGURES.index):
         RUNNERS[name](s, device, args.quick)

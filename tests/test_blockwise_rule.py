@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-import dynlm.dynamic.blockwise as bw
-from dynlm.dynamic.gated_update import gated_update, normalized_grad
-from dynlm.dynamic.kernels import fast_asinh
+import dynlm.kernels.blockwise as bw
+from dynlm.maths.gated import gated_update, normalized_grad
+from dynlm.kernels.fast_ops import fast_asinh
 
 from dynamic_helpers import dyneval_for, perturb, setup
 

@@ -4,9 +4,13 @@ import copy
 import torch
 
 from dynlm.dynamic.fast_weights import select_dynamic
-from dynlm.dynamic.gated_update import gated_update, krause_gate_logits
+from dynlm.dynamic.gated_update import krause_gate_logits
 from dynlm.dynamic.reading import read_stream
 from dynlm.dynamic.dyneval import DynEvalRule
+from dynlm.dynamic.cheap_learner import ContextRule
+from dynlm.dynamic.rule_base import FrozenWeights
+from dynlm.maths.gated import gated_update
+from dynlm.maths.krause import krause_step
 from dynlm.model import static_weights, token_nll
 
 from dynamic_helpers import dyneval_for, random_stats, read, setup, tiny_model, tokens
@@ -138,9 +142,9 @@ def test_static_weights_bit_identical_after_adaptive_pass():
         assert p.requires_grad == (n != "decoder_bias"), n
 
 
-def test_dyneval_recomputes_its_anchor_when_theta0_changes():
-    # flush·θ0 is computed once while θ0 is the same, unchanged tensor; a θ0 written in place, another θ0, or
-    # one that is trained (requires grad) must each give the rule's exact step
+def test_dyneval_derives_its_anchor_once_per_frozen_theta0_and_at_every_step_otherwise():
+    # flush·θ0 is computed once for a θ0 its owner hands over as `FrozenWeights` (a reading loop); a plain θ0
+    # (written in place between steps, another one, or trained: requires grad) gives the rule's exact step each time
     torch.manual_seed(0)
     model = tiny_model(torch.float64).eval()
     names = select_dynamic(model, ["layers.*"])
@@ -150,23 +154,77 @@ def test_dyneval_recomputes_its_anchor_when_theta0_changes():
     grads = {n: torch.randn_like(t) for n, t in fast.items()}
 
     def expected(th0):
-        return {n: rule.get_buffer("keep__" + n.replace(".", "__")) * fast[n]
-                + rule.get_buffer("flush__" + n.replace(".", "__")) * th0[n] - rule.get_buffer(
-                    "gain__" + n.replace(".", "__")) * grads[n] for n in names}
+        buf = lambda kind, n: rule.get_buffer(kind + "__" + n.replace(".", "__"))  # noqa: E731
+        return {n: krause_step(fast[n], buf("flush", n) * th0[n], buf("flush", n), buf("gain", n), grads[n])
+                for n in names}
 
     def step(th0):
         return rule(fast, grads, th0, torch.zeros(1), {})[0]
 
-    for _ in range(2):  # the second call reads the cached anchor
-        for n, t in step(theta0).items():
+    frozen = FrozenWeights(theta0)
+    for _ in range(2):  # the second call reads the anchor derived by the first
+        for n, t in step(frozen).items():
             torch.testing.assert_close(t, expected(theta0)[n], rtol=1e-12, atol=1e-14)
+    assert len(frozen._derived) == len(names)
     for t in theta0.values():
-        t.mul_(1.5)  # in place: a new version
-    for n, t in step(theta0).items():
-        torch.testing.assert_close(t, expected(theta0)[n], rtol=1e-12, atol=1e-14)
+        t.mul_(1.5)  # in place: a plain θ0 is read afresh, and a new FrozenWeights derives the anchor anew
+    for th0 in (theta0, FrozenWeights(theta0)):
+        for n, t in step(th0).items():
+            torch.testing.assert_close(t, expected(theta0)[n], rtol=1e-12, atol=1e-14)
     other = {n: t * -2.0 for n, t in theta0.items()}
     for n, t in step(other).items():
         torch.testing.assert_close(t, expected(other)[n], rtol=1e-12, atol=1e-14)
     trained = {n: t.clone().requires_grad_() for n, t in theta0.items()}
     out = step(trained)
     assert all(t.requires_grad for t in out.values())  # the gradient reaches a trained θ0
+
+
+def test_dyneval_is_krauses_update_to_float_noise_over_many_segments():
+    """θ += λ·decrate·(θ0 − θ) − η·g/(√v + ε), as Krause's dynamiceval.py computes it in float32, against the rule
+    in float32 over 1500 segments, on a layer's weights and biases: the two stay within a few float32 roundings
+    (of the tensor's largest |θ|) of each other and of the exact (float64) trajectory. A form whose coefficient of
+    θ is rounded (keep·θ + flush·θ0 − gain·g, keep = 1 − flush) drifts away by up to 2⁻²⁵·|θ| per segment, all in
+    one direction: by over 100 such roundings here."""
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    names = ["layers.0.weight_hh", "layers.0.bias_ih"]
+    stats = random_stats(model, names)
+    lr, lam, eps = 0.002, 0.002, 1e-3  # Krause's λ: a weak decay, which a rounded keep = 1 − flush misstates most
+    rule = DynEvalRule(names, stats, eta=lr, lam=lam, eps=eps)
+    theta0 = {n: t.detach().clone() for n, t in static_weights(model, names).items()}
+    ms = {n: stats.v[n].sqrt() for n in names}
+    gsum = sum(float(ms[n].mean()) for n in names) / len(names)
+    g = torch.Generator().manual_seed(1)
+    grads = [{n: torch.randn(theta0[n].shape, generator=g).mul_(0.5) for n in names} for _ in range(1500)]
+    ours = {n: t.unsqueeze(0).clone() for n, t in theta0.items()}
+    krause = {n: t.clone() for n, t in theta0.items()}
+    exact = {n: t.double() for n, t in theta0.items()}
+    frozen = FrozenWeights(theta0)
+    for seg in grads:
+        ours = rule(ours, {n: seg[n].unsqueeze(0) for n in names}, frozen, torch.zeros(1), {})[0]
+        for n in names:
+            decrate = (ms[n] / gsum).clamp(max=1.0 / lam)
+            krause[n] += lam * decrate * (theta0[n] - krause[n]) - lr * seg[n] / (ms[n] + eps)
+            decrate64 = (ms[n].double() / gsum).clamp(max=1.0 / lam)
+            exact[n] += lam * decrate64 * (theta0[n].double() - exact[n]) - lr * seg[n].double() / (ms[n].double() + eps)
+    for n in names:
+        ulp = torch.finfo(torch.float32).eps * float(exact[n].abs().max())
+        assert float((ours[n][0].double() - exact[n]).abs().max()) < 20 * ulp, n
+        assert float((ours[n][0] - krause[n]).abs().max()) < 20 * ulp, n
+
+
+def test_untrained_cheap_rule_reads_bit_identically_to_dyneval():
+    """rule=cheap at φ = 0 is dynamic evaluation exactly: the same step with scales that are exactly 1. Every
+    parameter adapting (factored table and LSTM matrices, dense biases), one stream and three (padded segments),
+    with article restarts."""
+    model = tiny_model().eval()
+    names = select_dynamic(model, ["*"])
+    stats = random_stats(model, names)
+    kw = dict(eta=0.05, lam=0.02, eps=1e-3)
+    dyneval, cheap = DynEvalRule(names, stats, **kw), ContextRule(names, stats, **kw)
+    ids = torch.randint(0, 23, (83,), generator=torch.Generator().manual_seed(2))
+    for starts, restarts in (([0], [30]), ([0, 25, 51], [12, 40])):
+        a = read_stream(model, ids, 0, 5, rule=dyneval, names=names, starts=starts, restarts=restarts)
+        b = read_stream(model, ids, 0, 5, rule=cheap, names=names, starts=starts, restarts=restarts)
+        assert torch.equal(a, b)
+        assert not torch.equal(a, read_stream(model, ids, 0, 5, starts=starts))  # it did adapt

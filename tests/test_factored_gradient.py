@@ -11,8 +11,9 @@ from dynlm.dynamic.reading import read_stream
 from dynlm.dynamic.reading_state import fresh_state
 from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.segment import _gradients_factored, adapt_segment, segment_losses
-from dynlm.dynamic import factored_gradient
-from dynlm.dynamic.factored_gradient import FactoredGradient, TableGradient, krause_factored_step
+from dynlm.maths.krause import krause_step
+from dynlm.kernels import factored_gradient
+from dynlm.kernels.factored_gradient import FactoredGradient, FactoredStep, TableGradient
 from dynlm.model import AWDLSTM, static_weights, token_nll
 
 from dynamic_helpers import VOCAB, random_stats, tiny_model
@@ -78,8 +79,8 @@ def test_a_weight_read_beyond_the_recurrence_is_refused():
     too would lose the rest, so the factored path says so instead of updating with part of the gradient."""
 
     class Peeking(AWDLSTM):
-        def forward(self, tokens, state, detach_decoder_table=False):
-            out = super().forward(tokens, state, detach_decoder_table)
+        def forward(self, tokens, state, detach_decoder_table=False, factors=None):
+            out = super().forward(tokens, state, detach_decoder_table, factors)
             return out._replace(logits=out.logits + self.layers[0].weight_ih.mean())
 
     model = Peeking(VOCAB, 6, 8, 2).double().eval()
@@ -104,14 +105,15 @@ def test_blockwise_step_is_the_dense_step_whatever_the_block():
                          dtype=torch.float64), x, torch.randn(5, streams, width, dtype=torch.float64))
     expected = (1 - flush) * theta + anchored - gain * grad.dense()  # Krause's step
     for block in (1, 4, 7, rows, 100):
-        torch.testing.assert_close(krause_factored_step(theta, flush, anchored, gain, grad, block_rows=block), expected)
+        step = FactoredStep(block_rows=block)
+        torch.testing.assert_close(step(theta, flush, anchored, gain, grad), expected)
     # scaled per stream (the cheap learned rule)
     torch.testing.assert_close(
-        krause_factored_step(theta, flush, anchored, gain, grad, s_decay, s_step, block_rows=7),
-        theta + scaled[0] * (anchored - flush * theta) - scaled[1] * gain * grad.dense())
+        FactoredStep(block_rows=7)(theta, flush, anchored, gain, grad, s_decay, s_step),
+        krause_step(theta, anchored, flush, gain, grad.dense(), *scaled))
     # from a broadcast view of θ0 (a stream's first segment), into a tensor of its own
     view = theta[0].unsqueeze(0).expand(streams, rows, width)
-    torch.testing.assert_close(krause_factored_step(view, flush, anchored, gain, grad, block_rows=5),
+    torch.testing.assert_close(FactoredStep(block_rows=5)(view, flush, anchored, gain, grad),
                                (1 - flush) * view + anchored - gain * grad.dense())
     # its norm, from the factors
     torch.testing.assert_close(grad.norms(), torch.linalg.vector_norm(grad.dense().flatten(1), dim=1))
@@ -192,6 +194,36 @@ def test_the_factored_gradient_in_training_mode_with_long_padded_segments(kind):
     assert not torch.allclose(other[1], same[1])
 
 
+def test_the_step_may_write_only_into_weights_the_reading_state_owns():
+    """A fresh state's fast weights are views of θ0: the step may never write into them. The weights an update (or a
+    reset) made belong to the state, and a reading loop that gives them up (`reuse_weights`) lets the next step
+    write into them; without `reuse_weights` nothing is written into."""
+    model = tiny_model(torch.float64).eval()
+    names = select_dynamic(model, ["*"])
+    offered = []
+
+    class Recording(DynEvalRule):
+        def forward(self, fast, grads, theta0, seg_loss, learner_state):
+            offered.append({n for n, g in grads.items() if isinstance(g, FactoredGradient) and g.overwrite})
+            return super().forward(fast, grads, theta0, seg_loss, learner_state)
+
+    rule = Recording(names, random_stats(model, names), eta=0.05, lam=0.02, eps=1e-3).double()
+    theta0 = static_weights(model, names)
+    x, y = _segment(streams=1)
+    state = fresh_state(model, theta0, 1, {})
+    assert state.owned == frozenset()
+    _, _, state, _ = adapt_segment(model, rule, state, theta0, x, y, reuse_weights=True)
+    assert offered[-1] == set() and state.owned == set(names)
+    adapt_segment(model, rule, state, theta0, x, y)
+    assert offered[-1] == set()
+    _, _, state, _ = adapt_segment(model, rule, state, theta0, x, y, reuse_weights=True)
+    matrices = {n for n in names if theta0[n].dim() == 2}
+    assert offered[-1] == matrices
+    fresh = fresh_state(model, theta0, 1, {})
+    assert fresh.reset(torch.tensor([True]), theta0).owned == set(names)  # a reset makes new tensors
+    assert fresh.reset(torch.tensor([False]), theta0).owned == frozenset()
+
+
 def _random_step_inputs(streams=2, rows=VOCAB, width=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(streams, rows, width, generator=g)
@@ -203,55 +235,54 @@ def _random_step_inputs(streams=2, rows=VOCAB, width=6, seed=0):
 
 
 @pytest.mark.slow
-def test_the_compiled_step_is_the_blockwise_step(monkeypatch):
+def test_the_compiled_step_is_the_blockwise_step():
     """The kernel `torch.compile` makes of the formula (what a large table takes) agrees with the blocks,
     segment lengths changing as at the end of an article."""
     torch._dynamo.reset()
-    monkeypatch.setattr(factored_gradient, "_compiled", {"failed": False})
     graphs = counters["stats"]["unique_graphs"]
+    kernel, blocked = FactoredStep(compile_min=0), FactoredStep(compile_min=10**9)
     for seed in range(2):
         theta, flush, anchored, gain, grad = _random_step_inputs(seed=seed)
         s_step = torch.rand(2) + 0.5
         if seed:
             grad = TableGradient(grad.d[:, :, :2].permute(2, 0, 1), grad.u[:, :2].transpose(0, 1), grad.tokens[:2],
                                  grad.d_embedded[:2])
-        compiled = krause_factored_step(theta, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
-        assert not factored_gradient._compiled["failed"], "torch.compile failed here: the blocks were used"
-        blocks = krause_factored_step(theta, flush, anchored, gain, grad, s_step=s_step, compile_min=10**9)
+        compiled = kernel(theta, flush, anchored, gain, grad, s_step=s_step)
+        assert not kernel.failed, "torch.compile failed here: the blocks were used"
+        blocks = blocked(theta, flush, anchored, gain, grad, s_step=s_step)
         torch.testing.assert_close(compiled, blocks)
         # where the caller gives θ up, the compiled kernel writes θ' into θ's memory
         own = theta.clone()
         grad.overwrite = True
-        into = krause_factored_step(own, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
+        into = kernel(own, flush, anchored, gain, grad, s_step=s_step)
         assert into.data_ptr() == own.data_ptr()
         torch.testing.assert_close(into, blocks)
         # a broadcast view of θ0 (a stream's first segment) is never written into
         view = theta[:1].expand_as(theta)
         before = view.clone()
-        fresh = krause_factored_step(view, flush, anchored, gain, grad, s_step=s_step, compile_min=0)
+        fresh = kernel(view, flush, anchored, gain, grad, s_step=s_step)
         assert torch.equal(view, before) and fresh.data_ptr() != view.data_ptr()
-        assert not factored_gradient._compiled["failed"]
-        torch.testing.assert_close(fresh, krause_factored_step(view, flush, anchored, gain, grad, s_step=s_step,
-                                                            compile_min=10**9))
+        assert not kernel.failed
+        torch.testing.assert_close(fresh, blocked(view, flush, anchored, gain, grad, s_step=s_step))
     # dynamo compiled graphs rather than quietly running the blocks eagerly
     assert counters["stats"]["unique_graphs"] > graphs
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dyneval", "cheap"])
-def test_reading_through_the_compiled_kernel_leaves_the_static_weights_alone(kind, monkeypatch):
+def test_reading_through_the_compiled_kernel_leaves_the_static_weights_alone(kind):
     """With the compiled kernel writing each new table into the old one's memory (a tiny table made to take
     it), reading equals the dense path, and the model's own table (θ0) is bit-identical afterwards."""
-    monkeypatch.setattr(factored_gradient, "COMPILE_MIN_ELEMENTS", 0)
     model = tiny_model(torch.float64).eval()
     names = select_dynamic(model, ["*"])
     before = {n: t.detach().clone() for n, t in model.named_parameters()}
     fast_rule, dense_rule = _rule_pair(kind, names, random_stats(model, names))
+    fast_rule.factored_step = FactoredStep(compile_min=0)  # the rule's own kernel, made to take every matrix
     ids = torch.randint(0, VOCAB, (43,), generator=torch.Generator().manual_seed(6))
     # one stream, two, and resets (articles read independently: the table goes back to θ0 mid-stream)
     for starts, restarts in (([0], None), ([0, 20], None), ([0, 20], [9, 20, 31])):
         got = read_stream(model, ids, 0, 5, rule=fast_rule, names=names, starts=starts, restarts=restarts)
-        assert not factored_gradient._compiled["failed"]
+        assert not fast_rule.factored_step.failed
         want = read_stream(model, ids, 0, 5, rule=dense_rule, names=names, starts=starts, restarts=restarts)
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     for n, t in model.named_parameters():
@@ -265,11 +296,11 @@ def test_a_failed_compile_falls_back_to_the_blocks(monkeypatch):
         return fails
 
     monkeypatch.setattr(factored_gradient.torch, "compile", no_compiler)
-    monkeypatch.setattr(factored_gradient, "_compiled", {"failed": False})
     theta, flush, anchored, gain, grad = _random_step_inputs()
     warned = []
     monkeypatch.setattr(factored_gradient.log, "warning", lambda msg, *args: warned.append(msg % args))
-    got = krause_factored_step(theta, flush, anchored, gain, grad, compile_min=0)
+    step = FactoredStep(compile_min=0)
+    got = step(theta, flush, anchored, gain, grad)
     assert any("compiled weight update is unavailable (RuntimeError: no C++ compiler)" in w for w in warned)
-    assert factored_gradient._compiled["failed"]
+    assert step.failed and not FactoredStep(compile_min=0).failed  # the state of the step that failed only
     torch.testing.assert_close(got, (1 - flush) * theta + anchored - gain * grad.dense())

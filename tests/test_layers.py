@@ -1,7 +1,7 @@
 """The package's layers only point down, and no two modules import each other (directly or in a circle).
 
-data → model → dynamic (medium-term memory) → run (infrastructure) → train | eval, with config/cache/dist
-beneath everything. train and eval are siblings: neither imports the other. Imports inside functions count.
+data → maths (the reference maths) → kernels (the fast forms of it) → model → dynamic (medium-term memory) → run
+(infrastructure) → train | eval, with config/cache/dist beneath everything. train and eval are siblings: neither imports the other. Imports inside functions count.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: List[List[str]] = [
     ["dynlm", "dynlm.config", "dynlm.cache", "dynlm.dist"],
     ["dynlm.data"],
+    ["dynlm.maths"],
+    ["dynlm.kernels"],
     ["dynlm.model"],
     ["dynlm.dynamic"],
     ["dynlm.run"],

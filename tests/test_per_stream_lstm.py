@@ -1,10 +1,13 @@
-"""The fused per-stream LSTM (dynlm/model/per_stream_lstm.py) equals the autograd loop and nn.LSTM."""
+"""The fused per-stream LSTM (dynlm/kernels/per_stream_lstm.py) equals the reference layer (dynlm/maths/lstm.py)
+and nn.LSTM."""
+import functools
+
 import pytest
 import torch
 
-import dynlm.model.per_stream_lstm as psl
-from dynlm.model import lstm_layer, lstm_layer_loop
-from dynlm.model.per_stream_lstm import PerStreamLSTM, per_stream_lstm_layer
+from dynlm.kernels.per_stream_lstm import PerStreamLSTM, WeightFactors, machine_chunk_bytes, per_stream_lstm_layer
+from dynlm.maths.lstm import lstm_layer_reference
+from dynlm.model import lstm_layer
 
 T, B, I, H = 5, 3, 4, 6
 SHAPES = [(4 * H, I), (4 * H, H), (4 * H,), (4 * H,)]  # w_ih, w_hh, b_ih, b_hh
@@ -33,21 +36,24 @@ def _flat(fn):
 
 
 @pytest.fixture(params=[None, 1], ids=["one-chunk", "stream-chunks"])
-def chunking(request, monkeypatch):
-    """Run each test with all streams at once and with the cache-blocked path (one stream per group)."""
-    monkeypatch.setattr(psl, "CHUNK_BYTES", request.param)
-    return request.param
+def fused(request):
+    """The fused layer with all streams at once and with the cache-blocked path (one stream per group)."""
+    return functools.partial(per_stream_lstm_layer, chunk_bytes=request.param or 1 << 62)
+
+
+def test_the_default_group_size_is_a_quarter_of_the_last_level_cache():
+    assert machine_chunk_bytes() >= 1 << 16  # read from sysfs (32 MiB when it cannot be read), at the first call
 
 
 MIXES = [(1, 1, 1, 1), (0, 1, 0, 0), (1, 0, 0, 0), (0, 0, 1, 1), (1, 1, 0, 0), (0, 0, 0, 0)]
 
 
 @pytest.mark.parametrize("per", MIXES, ids=lambda p: "".join(map(str, p)))
-def test_outputs_and_all_gradients_equal_the_autograd_loop(per, chunking):
+def test_outputs_and_all_gradients_equal_the_autograd_loop(per, fused):
     x, h0, c0 = _inputs()
     w = _weights(per)
-    ref = _flat(lstm_layer_loop)(x, h0, c0, *w)
-    new = _flat(per_stream_lstm_layer)(x, h0, c0, *w)
+    ref = _flat(lstm_layer_reference)(x, h0, c0, *w)
+    new = _flat(fused)(x, h0, c0, *w)
     for a, b in zip(new, ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     g = torch.Generator().manual_seed(2)
@@ -60,10 +66,10 @@ def test_outputs_and_all_gradients_equal_the_autograd_loop(per, chunking):
 
 
 @pytest.mark.parametrize("per", [(1, 1, 1, 1), (0, 1, 0, 0), (1, 0, 1, 0)], ids=lambda p: "".join(map(str, p)))
-def test_gradcheck(per, chunking):
+def test_gradcheck(per, fused):
     x, h0, c0 = [t.detach()[:3].requires_grad_() if t.dim() == 3 else t for t in _inputs()]
     w = _weights(per)
-    assert torch.autograd.gradcheck(_flat(per_stream_lstm_layer), (x, h0, c0, *w))
+    assert torch.autograd.gradcheck(_flat(fused), (x, h0, c0, *w))
 
 
 def test_gradgradcheck():
@@ -92,14 +98,14 @@ def test_per_stream_equals_nn_lstm_and_float32_tolerance():
         torch.testing.assert_close(a.sum(0), b, rtol=1e-4, atol=1e-5)
 
 
-def test_expanded_weights_read_once_but_get_per_stream_gradients(chunking):
+def test_expanded_weights_read_once_but_get_per_stream_gradients(fused):
     """Fresh fast weights are θ0 expanded over streams (stride 0): the gradient is still one per stream."""
     x, h0, c0 = _inputs()
     shared = _weights((0, 0, 0, 0))
     expanded = [t.detach().unsqueeze(0).expand(B, *t.shape).requires_grad_() for t in shared]
     dense = [t.detach().clone().requires_grad_() for t in expanded]
-    a = _flat(per_stream_lstm_layer)(x, h0, c0, *expanded)
-    b = _flat(lstm_layer_loop)(x, h0, c0, *dense)
+    a = _flat(fused)(x, h0, c0, *expanded)
+    b = _flat(lstm_layer_reference)(x, h0, c0, *dense)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
     ga = torch.autograd.grad(a[0].sum(), expanded)
@@ -113,7 +119,7 @@ def test_single_stream_and_float32():
     x, h0, c0 = [t.detach().float()[:, :1] if t.dim() == 3 else t.detach().float()[:1] for t in _inputs()]
     w = [t.detach().float()[:1].requires_grad_() for t in _weights((1, 1, 1, 1))]
     a = _flat(per_stream_lstm_layer)(x, h0, c0, *w)
-    b = _flat(lstm_layer_loop)(x, h0, c0, *w)
+    b = _flat(lstm_layer_reference)(x, h0, c0, *w)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v)
     for u, v in zip(torch.autograd.grad(a[0].sum(), w), torch.autograd.grad(b[0].sum(), w)):
@@ -150,32 +156,32 @@ def test_backward_can_run_twice_with_retain_graph():
 def test_output_is_not_silently_writable():
     x, h0, c0 = _inputs()
     w = _weights((1, 1, 1, 1))
-    out = PerStreamLSTM.apply(x, h0, c0, *w)[0]
+    out = PerStreamLSTM.apply(x, h0, c0, *w, None, None)[0]
     with pytest.raises(RuntimeError):
         out.mul_(2.0)  # a view of the saved outputs: autograd refuses to let it be modified in place
 
 
-def _read_twice(x, w_ih, w_hh, b_ih, b_hh):
+def _read_twice(x, w_ih, w_hh, b_ih, b_hh, factors=None):
     """Two layers that share one set of per-stream weights (I = H): each weight is read by two recurrences."""
     zero = torch.zeros(B, H, dtype=x.dtype)
-    out, state = per_stream_lstm_layer(x, (zero, zero), w_ih, w_hh, b_ih, b_hh)
-    out, _ = per_stream_lstm_layer(out, state, w_ih, w_hh, b_ih, b_hh)
+    out, state = per_stream_lstm_layer(x, (zero, zero), w_ih, w_hh, b_ih, b_hh, factors)
+    out, _ = per_stream_lstm_layer(out, state, w_ih, w_hh, b_ih, b_hh, factors)
     return (out ** 2).sum()
 
 
 def test_factored_weight_gradients_of_a_weight_read_twice_add_up_to_autograds():
-    """Inside `factored_weight_gradients` the backward hands the weights' gradients over as factors (one pair per
-    read, concatenated over the steps) and autograd gets none for them; the factors' product is autograd's
-    gradient, and the biases' gradients are unchanged."""
+    """Given a `WeightFactors`, the backward hands the gradients of the weights it names over to it as factors
+    (one pair per read, concatenated over the steps) and autograd gets none for them; the factors' product is
+    autograd's gradient, and the biases' gradients are unchanged. Without it, the same layers form them."""
     g = torch.Generator().manual_seed(3)
     weights = [torch.randn(B, *s, generator=g, dtype=torch.float64).mul_(0.5).requires_grad_()
                for s in [(4 * H, H), (4 * H, H), (4 * H,), (4 * H,)]]
     x = torch.randn(T, B, H, generator=g, dtype=torch.float64)
     expected = torch.autograd.grad(_read_twice(x, *weights), weights)
-    with psl.factored_weight_gradients({"ih": weights[0], "hh": weights[1]}) as found:
-        loss = _read_twice(x, *weights)
-        assert found.seen == ["ih", "hh"]
-        got = torch.autograd.grad(loss, weights, allow_unused=True)
+    found = WeightFactors({"ih": weights[0], "hh": weights[1]})
+    loss = _read_twice(x, *weights, factors=found)
+    assert found.seen == ["ih", "hh"]
+    got = torch.autograd.grad(loss, weights, allow_unused=True)
     assert got[0] is None and got[1] is None
     for name, want in zip(("ih", "hh"), expected):
         d, u = found.factors[name]
@@ -188,7 +194,6 @@ def test_factored_weight_gradients_of_a_weight_read_twice_add_up_to_autograds():
 def test_factored_weight_gradients_refuse_a_differentiable_backward():
     weights = _weights((True, True, True, True))
     x, h0, c0 = _inputs()
-    with psl.factored_weight_gradients({"ih": weights[0]}):
-        out, _ = per_stream_lstm_layer(x, (h0, c0), *weights)
-        with pytest.raises(RuntimeError, match="first-order only"):
-            torch.autograd.grad(out.sum(), [weights[2]], create_graph=True)
+    out, _ = per_stream_lstm_layer(x, (h0, c0), *weights, WeightFactors({"ih": weights[0]}))
+    with pytest.raises(RuntimeError, match="first-order only"):
+        torch.autograd.grad(out.sum(), [weights[2]], create_graph=True)

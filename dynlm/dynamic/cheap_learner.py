@@ -1,11 +1,12 @@
 """The cheap learned rule: Krause's update with a learned step size and decay per (tensor, stream).
 
-    θ' = θ + s_decay · flush ⊙ (θ0 − θ) − s_step · gain ⊙ g,    gain = η / (rms + ε),  flush = min(λ·decrate, 1)
+    θ' = θ + s_decay · (flush ⊙ θ0 − flush ⊙ θ) − s_step · gain ⊙ g,   gain = η / (rms + ε),  flush = min(λ·decrate, 1)
     (s_step, s_decay)[b, n] = exp(W[:, n] · f[b, n] + c[:, n]),   s_decay capped at 1 / max(flush_n)
 
 The scales come from context every coordinate of a tensor shares (`context_features`), so the only
 per-coordinate work is the few elementwise passes of dynamic evaluation plus one norm of g per tensor; W and c
-start at zero (s = 1): the untrained rule *is* `DynEvalRule`. docs/design.md §"The cheap learned rule".
+start at zero (s = 1): the untrained rule *is* `DynEvalRule`, bit for bit (the same step, `DynEvalRule.krause_update`,
+with scales that are exactly 1). docs/design.md §"The cheap learned rule".
 """
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ from typing import Dict, Mapping, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .dyneval import KrauseConfig
-from .gated_update import krause_flush
+from ..kernels.factored_gradient import FactoredGradient
+from .dyneval import DynEvalRule, KrauseConfig
 from .registry import register_rule
-from .rule_base import RuleOutput, StatsRule, buffer_name
-from .factored_gradient import FactoredGradient, krause_factored_step
+from .rule_base import RuleOutput, buffer_name
 
 # The per-stream running context in the learner state: [segments since the last reset, EMA of segment losses].
 # ReadingState.reset zeroes it, so a count of 0 *is* the article-boundary signal.
@@ -54,41 +54,15 @@ def grad_norm_features(grads: Sequence[Tensor], log_scale: Tensor) -> Tensor:
     return (torch.log(norms + 1e-30) - log_scale).clamp(-20.0, 20.0) / 4.0
 
 
-def scaled_krause_update(theta: Tensor, theta0: Tensor, g: Tensor, gain: Tensor, flush: Tensor,
-                         s_step: Tensor, s_decay: Tensor) -> Tensor:
-    """θ + s_decay · flush ⊙ (θ0 − θ) − s_step · gain ⊙ g, with `s_*` `[B]` and the rest per coordinate."""
-    view = (-1,) + (1,) * (theta.dim() - 1)
-    pulled = (theta0 - theta).mul_(flush)
-    return torch.addcmul(theta, pulled, s_decay.view(view)).addcmul_(gain * g, s_step.view(view), value=-1.0)
-
-
-def scaled_krause_read(theta: Tensor, anchored: Tensor, g: Tensor, gain: Tensor, flush: Tensor,
-                       s_step: Tensor, s_decay: Tensor) -> Tensor:
-    """`scaled_krause_update` without a graph, in fewer passes over the weights (evaluation, ES reads), with
-    `anchored` = flush ⊙ θ0 computed once: u = flush ⊙ θ0 − flush ⊙ θ, θ' = θ + s_decay · u, then u's memory
-    takes gain ⊙ g and θ' −= s_step · u. Four passes where the differentiable form makes five (three for one
-    stream on CPU, whose scales can be Python numbers), and no allocation beyond u and θ'."""
-    u = torch.addcmul(anchored, flush, theta, value=-1.0)
-    if theta.shape[0] == 1 and not theta.is_cuda:  # one stream on CPU: scalars, so three passes in all
-        return torch.add(theta, u, alpha=float(s_decay)).addcmul_(gain, g, value=-float(s_step))
-    view = (-1,) + (1,) * (theta.dim() - 1)
-    new = torch.addcmul(theta, u, s_decay.view(view))
-    torch.mul(gain, g, out=u)
-    return new.addcmul_(u, s_step.view(view), value=-1.0)
-
-
 @dataclass
 class CheapConfig(KrauseConfig):
     name: str = "cheap"  # Krause's rule, its step size and decay scaled per tensor and stream by a learned model
 
 
 @register_rule("cheap", config=CheapConfig, learned=True)
-class ContextRule(StatsRule):
+class ContextRule(DynEvalRule):
     """Krause's rule whose step size and decay a tiny linear model scales per (tensor, stream), from context.
-    Reading without a graph, the gradients of the adapting tied table and LSTM matrices come factored
-    (`krause_factored_step`)."""
-
-    takes_factored_gradients = True
+    The step is dynamic evaluation's (`DynEvalRule.krause_update`, factored gradients included) with the scales."""
 
     def __init__(self, names, stats, *, eta: float, lam: float, eps: float):
         super().__init__(names, stats, eta=eta, lam=lam, eps=eps)
@@ -103,9 +77,8 @@ class ContextRule(StatsRule):
         self.register_buffer("log_decay_cap", torch.tensor(cap), persistent=False)
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
-        flush = krause_flush(rms, self.decay_norm, self.lam)
-        self.register_buffer("flush__" + buffer_name(n), flush, persistent=False)
-        self.register_buffer("gain__" + buffer_name(n), self.eta / (rms + self.eps), persistent=False)
+        super()._extra_buffers(n, rms)
+        flush = self.get_buffer("flush__" + buffer_name(n))
         # s_decay ≤ 1 / max flush keeps every flush ≤ 1 (θ' between θ and θ0) without a per-coordinate clamp
         self.max_log_decay = {**getattr(self, "max_log_decay", {}), n: -math.log(float(flush.max()))}
 
@@ -128,21 +101,10 @@ class ContextRule(StatsRule):
         shared, new_context = context_features(seg_loss.to(context.dtype), context)
         grad_feats = grad_norm_features([grads[n] for n in self.names], self.grad_log_scale)
         s = self.scales(shared, grad_feats)
-        new = {}
-        graph = torch.is_grad_enabled()  # meta-BPTT and θ0 refinement differentiate the update; reading does not
-        for k, n in enumerate(self.names):
-            b = buffer_name(n)
-            gain, flush = getattr(self, "gain__" + b), getattr(self, "flush__" + b)
-            if isinstance(grads[n], FactoredGradient):
-                new[n] = krause_factored_step(fast[n], flush, self.anchored(n, theta0[n]), gain, grads[n],
-                                              s_decay=s[1, :, k], s_step=s[0, :, k])
-            elif graph:
-                new[n] = scaled_krause_update(fast[n], theta0[n], grads[n], gain, flush, s[0, :, k], s[1, :, k])
-            else:
-                new[n] = scaled_krause_read(fast[n], self.anchored(n, theta0[n]), grads[n], gain, flush,
-                                            s[0, :, k], s[1, :, k])
+        new = {n: self.krause_update(n, fast[n], theta0, grads[n], s_decay=s[1, :, k], s_step=s[0, :, k])
+               for k, n in enumerate(self.names)}
         diag = {"scale/step": s[0].detach().mean(), "scale/decay": s[1].detach().mean()}
         return new, {**learner_state, CONTEXT: new_context.detach()}, diag
 
 
-__all__ = ["CheapConfig", "ContextRule", "context_features", "grad_norm_features", "scaled_krause_read", "scaled_krause_update"]
+__all__ = ["CheapConfig", "ContextRule", "context_features", "grad_norm_features"]

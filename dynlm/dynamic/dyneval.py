@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Tuple
+from typing import ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
-import torch
 from torch import Tensor
 
-from .gated_update import krause_flush
+from ..kernels.factored_gradient import FactoredGradient, FactoredStep
+from ..kernels.krause_dense import krause_dense_step
+from ..maths.krause import krause_flush, krause_gain
+from .grad_stats import GradStats
 from .registry import register_rule
 from .rule_base import RuleOutput, StatsRule, buffer_name
-from .factored_gradient import FactoredGradient, krause_factored_step
 
 
 @dataclass
@@ -37,32 +38,36 @@ class DynEvalRule(StatsRule):
 
         θ' = θ − η g / (rms + ε) + λ · decrate · (θ0 − θ),   decrate = rms / decay_norm, capped at 1/λ
 
-    folded into θ' = keep·θ + flush·θ0 − gain·g with flush = min(λ·decrate, 1), keep = 1 − flush and
-    gain = η / (rms + ε) computed once: two passes over the weights per segment. flush·θ0 is computed once too
-    while θ0 is constant (evaluation); when θ0 is trained (meta.train_static) it is recomputed every segment.
-    Reading without a graph, the gradients of the tied table and the LSTM matrices come factored
-    (`FactoredGradient`) and the step is taken without ever forming them (`krause_factored_step`).
+    in the one form every path computes (`maths/krause.py:krause_step`, s = 1):
+    θ' = θ + (flush ⊙ θ0 − flush ⊙ θ) − gain ⊙ g with flush = min(λ·decrate, 1) and gain = η / (rms + ε) computed
+    once, and flush ⊙ θ0 once per reading of a constant θ0 (`FrozenWeights`). Reading without a graph, the
+    gradients of the tied table and the LSTM matrices come factored (`FactoredGradient`) and the step is taken
+    without ever forming them (`factored_step`, a `FactoredStep` this rule owns); the others take
+    `krause_dense_step`.
     """
 
     takes_factored_gradients = True
 
+    def __init__(self, names: Sequence[str], stats: GradStats, *, eta: float, lam: float, eps: float):
+        super().__init__(names, stats, eta=eta, lam=lam, eps=eps)
+        self.factored_step = FactoredStep()  # what it compiled, and whether compiling failed
+
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
-        flush = krause_flush(rms, self.decay_norm, self.lam)
-        self.register_buffer("keep__" + buffer_name(n), 1.0 - flush, persistent=False)
-        self.register_buffer("flush__" + buffer_name(n), flush, persistent=False)
-        self.register_buffer("gain__" + buffer_name(n), self.eta / (rms + self.eps), persistent=False)
+        self.register_buffer("flush__" + buffer_name(n), krause_flush(rms, self.decay_norm, self.lam),
+                             persistent=False)
+        self.register_buffer("gain__" + buffer_name(n), krause_gain(rms, self.eta, self.eps), persistent=False)
+
+    def krause_update(self, n: str, theta: Tensor, theta0: Mapping[str, Tensor], g,
+                      s_decay: Optional[Tensor] = None, s_step: Optional[Tensor] = None) -> Tensor:
+        """Krause's step of tensor `n`, scaled per stream by `s_* [B]` (None: 1), whatever form g comes in."""
+        b = buffer_name(n)
+        flush, gain = getattr(self, "flush__" + b), getattr(self, "gain__" + b)
+        if isinstance(g, FactoredGradient):
+            return self.factored_step(theta, flush, self.anchored(n, theta0), gain, g, s_decay, s_step)
+        return krause_dense_step(theta, self.anchored(n, theta0), flush, gain, g, s_decay, s_step)
 
     def forward(self, fast, grads, theta0, seg_loss, learner_state) -> RuleOutput:
-        new = {}
-        for n in self.names:
-            b = buffer_name(n)
-            if isinstance(grads[n], FactoredGradient):
-                new[n] = krause_factored_step(fast[n], getattr(self, "flush__" + b), self.anchored(n, theta0[n]),
-                                              getattr(self, "gain__" + b), grads[n])
-                continue
-            new[n] = torch.addcmul(self.anchored(n, theta0[n]), getattr(self, "keep__" + b), fast[n]).addcmul_(
-                getattr(self, "gain__" + b), grads[n], value=-1.0)
-        return new, learner_state, {}
+        return {n: self.krause_update(n, fast[n], theta0, grads[n]) for n in self.names}, learner_state, {}
 
 
 __all__ = ["DynEvalConfig", "DynEvalRule", "KrauseConfig"]

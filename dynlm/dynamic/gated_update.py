@@ -1,4 +1,5 @@
-"""The maths of the COPY / UPDATE / FLUSH update, as pure functions (docs/design.md §2).
+"""Krause's rule as COPY / UPDATE / FLUSH gates: the learned rule's prior (docs/design.md §2). The gated step
+itself is `maths/gated.py`:
 
     θ' = copy · θ + update · (θ − α ĝ) + flush · θ0,   copy + update + flush = 1,   ĝ = g / (rms + ε)
 
@@ -14,21 +15,10 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ..maths.krause import krause_flush
+
 # The learned rule's log-gates need copy > 0: its prior keeps flush this far below 1 (Krause allows 1).
 MAX_PRIOR_FLUSH = 1.0 - 1e-3
-
-
-def normalized_grad(g: Tensor, rms: Tensor, eps: float) -> Tensor:
-    return g / (rms + eps)
-
-
-def gated_update(theta: Tensor, theta0: Tensor, step: Tensor, copy: Tensor, update: Tensor, flush: Tensor) -> Tensor:
-    return copy * theta + update * (theta - step) + flush * theta0
-
-
-def krause_flush(rms: Tensor, decay_norm: float, lam: float) -> Tensor:
-    """Krause's per-coordinate decay λ · decrate, decrate = rms / decay_norm capped at 1/λ (so flush ≤ 1)."""
-    return (lam * rms / decay_norm).clamp(min=1e-12, max=1.0)
 
 
 def krause_gate_logits(rms: Tensor, decay_norm: float, lam: float, update: float) -> Tuple[Tensor, float]:

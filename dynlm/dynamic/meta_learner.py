@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blockwise import blockwise
+from ..kernels.blockwise import blockwise
+from ..kernels.fast_ops import TransposedLinear, fast_asinh
+from ..maths.gated import gated_update, normalized_grad
 from .dyneval import KrauseConfig
-from .gated_update import gated_update, krause_gate_logits, normalized_grad
+from .gated_update import krause_gate_logits
 from .grad_stats import GradStats
-from .kernels import TransposedLinear, fast_asinh
 from .registry import register_rule
 from .rule_base import RuleOutput, StatsRule, buffer_name
 

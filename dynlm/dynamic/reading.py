@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 from ..model import detach_state, static_weights, token_nll
 from .reading_state import ReadingState, fresh_state
+from .rule_base import FrozenWeights
 from .segment import adapt_segment
 
 
@@ -40,7 +41,7 @@ def segment_bounds(n: int, seg_len: int, restarts: Optional[Sequence[int]] = Non
 def _static_segment(model: nn.Module, weights: Optional[Mapping[str, Tensor]], state: ReadingState, x, y):
     with torch.no_grad():
         out = model(x, state.lm) if weights is None else functional_call(model, dict(weights), (x, state.lm))
-    return token_nll(out.logits, y), ReadingState(detach_state(out.state), state.fast, state.learner)
+    return token_nll(out.logits, y), ReadingState(detach_state(out.state), state.fast, state.learner, state.owned)
 
 
 def stream_starts(article_starts: Sequence[int], num_tokens: int, streams: int) -> List[int]:
@@ -89,17 +90,14 @@ def read_stream(
     streams = [primed_stream(ids[a:e], eos_id).to(device) for a, e in zip(edges[:-1], edges[1:])]
     plans = [segment_bounds(e - a, seg_len, [r - a for r in cuts if a <= r < e] if restarts is not None else None)
              for a, e in zip(edges[:-1], edges[1:])]
-    theta0 = {k: t.detach() for k, t in static_weights(model, names).items()}
+    # constant for the whole reading: the rule derives its products from θ0 once (e.g. flush ⊙ θ0)
+    theta0 = FrozenWeights({k: t.detach() for k, t in static_weights(model, names).items()})
     learner = rule.init_learner_state({k: v.unsqueeze(0) for k, v in theta0.items()}) if rule is not None else {}
     state = fresh_state(model, theta0, len(streams), learner)
     out = torch.empty(n, dtype=torch.float32)
     was_training = model.training
-    # Reading never differentiates the static weights (the dynamic ones are fresh leaves): frozen, the decoder
-    # skips their gradient (`decode`'s table-first path cannot tell which gradients autograd will ask for).
-    wanted = {p: p.requires_grad for p in model.parameters()}
     try:
         model.eval()
-        model.requires_grad_(False)
         for step in range(max(len(p) for p in plans)):
             segs = [p[step] if step < len(p) else None for p in plans]
             width = max(e - a for a, e, _ in filter(None, segs))
@@ -130,8 +128,6 @@ def read_stream(
                 on_segment(int(mask.sum()))
     finally:
         model.train(was_training)
-        for p, flag in wanted.items():
-            p.requires_grad_(flag)
     return out
 
 

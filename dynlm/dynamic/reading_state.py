@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping
+from typing import Dict, FrozenSet, Mapping
 
 from torch import Tensor
 
@@ -17,6 +17,9 @@ class ReadingState:
     # learner state, one row per stream: per coordinate [B, *shape] (a momentum) or per stream [B, k] (a running context);
     # [1, ...] while still at its initial value shared by every stream
     learner: Dict[str, Tensor] = field(default_factory=dict)
+    # the fast weights this state's updates and resets made (never θ0's memory): a reading loop that gives them up
+    # may have the next update written into them (`adapt_segment(reuse_weights=True)`)
+    owned: FrozenSet[str] = frozenset()
 
     @property
     def batch_size(self) -> int:
@@ -28,6 +31,7 @@ class ReadingState:
             detach_state(self.lm),
             {n: t.detach() for n, t in self.fast.items()},
             {n: t.detach() for n, t in self.learner.items()},
+            self.owned,
         )
 
     def reset(self, mask: Tensor, theta0: Mapping[str, Tensor]) -> "ReadingState":
@@ -36,7 +40,7 @@ class ReadingState:
             return self
         lm = [(zero_rows(h, mask), zero_rows(c, mask)) for h, c in self.lm]
         learner = {n: zero_rows(t, mask) for n, t in self.learner.items()}
-        return ReadingState(lm, reset_streams(self.fast, theta0, mask), learner)
+        return ReadingState(lm, reset_streams(self.fast, theta0, mask), learner, frozenset(self.fast))  # new tensors
 
     def to_cpu(self) -> dict:
         return {

@@ -8,13 +8,28 @@ per parameter tensor over all streams and coordinates at once; nothing loops ove
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Hashable, Mapping, Sequence, Tuple
 
 from torch import Tensor, nn
 
 from .grad_stats import GradStats
 
 RuleOutput = Tuple[Dict[str, Tensor], Dict[str, Tensor], Dict[str, Tensor]]
+
+
+class FrozenWeights(dict):
+    """θ0 (name -> tensor) that its owner promises not to change while it holds this object (a reading loop over
+    the static weights), with the products a rule derives from it (e.g. flush ⊙ θ0), each computed once.
+    A plain dict θ0 gets them recomputed at every use (θ0 trained, or changed between segments)."""
+
+    def __init__(self, weights: Mapping[str, Tensor]):
+        super().__init__(weights)
+        self._derived: Dict[Hashable, Tensor] = {}
+
+    def derived(self, key: Hashable, make: Callable[[], Tensor]) -> Tensor:
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
 
 def buffer_name(name: str) -> str:
@@ -33,7 +48,6 @@ class StatsRule(nn.Module):
         self.mean_rms = stats.mean_rms
         self.mean_v = stats.mean_v
         self.decay_norm = stats.decay_norm
-        self._anchored = {}  # name -> (θ0 tensor, its version, flush·θ0): see `anchored`
         for n in self.names:
             rms = stats.v[n].sqrt()
             # Derived from the statistics, which the checkpoint stores: not part of φ's state dict.
@@ -46,21 +60,17 @@ class StatsRule(nn.Module):
     def rms(self, n: str) -> Tensor:
         return getattr(self, "rms__" + buffer_name(n))
 
-    def anchored(self, n: str, theta0: Tensor) -> Tensor:
-        """flush·θ0 for a rule with a `flush__` buffer: computed once while θ0 is the same unchanged tensor
-        (evaluation), every time when θ0 is trained (meta.train_static)."""
+    def anchored(self, n: str, theta0: Mapping[str, Tensor]) -> Tensor:
+        """flush ⊙ θ0 of tensor `n` for a rule with a `flush__` buffer: once per `FrozenWeights`, at every call for
+        any other θ0."""
         flush = getattr(self, "flush__" + buffer_name(n))
-        if theta0.requires_grad:
-            return flush * theta0
-        cached = self._anchored.get(n)
-        fresh = cached is not None and cached[0] is theta0 and cached[1] == theta0._version
-        if not fresh or cached[2].device != flush.device:
-            cached = (theta0, theta0._version, flush * theta0)
-            self._anchored[n] = cached
-        return cached[2]
+        if isinstance(theta0, FrozenWeights):
+            # keyed on the flush tensor itself (held by the key): another rule's, or this one's moved, is another
+            return theta0.derived(("flush·θ0", n, flush), lambda: flush * theta0[n])
+        return flush * theta0[n]
 
     def init_learner_state(self, fast: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         return {}
 
 
-__all__ = ["RuleOutput", "StatsRule", "buffer_name"]
+__all__ = ["FrozenWeights", "RuleOutput", "StatsRule", "buffer_name"]

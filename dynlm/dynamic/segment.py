@@ -4,7 +4,8 @@ The loss of every token is computed with the weights θ_s *before* the update th
 update then uses the segment's gradient g_s = ∂ℓ_s/∂θ_s. Used by meta-training (graph kept to φ), by the
 reading loop of evaluation (no graph kept); `segment_losses` alone reads a segment with swapped-in weights.
 Without a graph, a rule that takes factored gradients (`rule.takes_factored_gradients`) gets those of the adapting
-tied table and of the per-stream LSTM matrices as `FactoredGradient`s, never formed in full (`factored_gradient.py`).
+tied table and of the per-stream LSTM matrices as `FactoredGradient`s, never formed in full
+(`kernels/factored_gradient.py`), and the static weights are read as data (detached): nothing differentiates them.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from ..model import LMState, detach_state, factored_weight_gradients, token_nll
-from .factored_gradient import FactoredGradient, TableGradient
+from ..kernels.factored_gradient import FactoredGradient, TableGradient
+from ..kernels.per_stream_lstm import WeightFactors
+from ..model import LMState, detach_state, token_nll
 from .fast_weights import requiring_grad
 from .reading_state import ReadingState
 
@@ -24,6 +26,12 @@ from .reading_state import ReadingState
 def _read(model: nn.Module, fast: Mapping[str, Tensor], lm_state: LMState, x: Tensor, y: Tensor):
     out = functional_call(model, dict(fast), (x, lm_state))
     return token_nll(out.logits, y), out.state
+
+
+def _static_as_data(model: nn.Module, fast: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """`fast` with every other parameter of the model swapped in detached: reading without a graph never
+    differentiates the static weights, whatever their `requires_grad`."""
+    return {**{n: p.detach() for n, p in model.named_parameters() if n not in fast}, **fast}
 
 
 def _mean_over(nll: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -67,9 +75,10 @@ def _gradients_factored(model, fast, lm_state, x, y, mask, overwrite: Set[str]):
     table detached (autograd stops at the logits and at the looked-up rows), and the LSTM recurrences hand over the
     factors of their weights' gradients. `overwrite`: the names whose step may write into the old tensor."""
     table = _table_name(model, fast)
-    matrices = {n: t for n, t in fast.items() if n != table and t.dim() == 3}
-    with torch.enable_grad(), factored_weight_gradients(matrices) as captured:
-        out = functional_call(model, dict(fast), (x, lm_state), {"detach_decoder_table": table is not None})
+    captured = WeightFactors({n: t for n, t in fast.items() if n != table and t.dim() == 3})
+    with torch.enable_grad():
+        out = functional_call(model, _static_as_data(model, fast), (x, lm_state),
+                              {"detach_decoder_table": table is not None, "factors": captured})
         nll = token_nll(out.logits, y)
         seg_loss = _mean_over(nll, mask)
         dense = [n for n in fast if n != table and n not in captured.seen]
@@ -88,12 +97,6 @@ def _gradients_factored(model, fast, lm_state, x, y, mask, overwrite: Set[str]):
     if table is not None:
         grads[table] = TableGradient(found[-1], out.last_dropped.detach(), x, found[-2], overwrite=table in overwrite)
     return seg_loss, nll, out.state, {n: grads[n] for n in fast}
-
-
-def _outside_theta0(fast: Mapping[str, Tensor], theta0: Mapping[str, Tensor]) -> Set[str]:
-    """Names whose tensor is not θ0's memory (a stream's first segment reads θ0 itself, which is never written)."""
-    return {n for n, t in fast.items()
-            if t.untyped_storage().data_ptr() != theta0[n].untyped_storage().data_ptr()}
 
 
 def adapt_segment(
@@ -115,15 +118,17 @@ def adapt_segment(
     `second_order`: g_s itself stays differentiable (Hessian-vector products in the meta-gradient);
     otherwise g_s is treated as data (first-order meta-learning). `mask`: see `segment_losses`.
     `reuse_weights`: the caller gives up `state.fast` (a reading loop that only carries the new state on): the
-    factored step may write the new weights into the old ones' memory (never into θ0's).
+    factored step may write the new weights into the memory of those the state owns (`state.owned`: made by its
+    updates and resets, never θ0's).
     """
     fast = requiring_grad(state.fast)
     if not keep_graph and getattr(rule, "takes_factored_gradients", False):
-        overwrite = _outside_theta0(fast, theta0) if reuse_weights else set()
+        overwrite = set(state.owned) if reuse_weights else set()
         seg_loss, nll, lm_state, grads = _gradients_factored(model, fast, state.lm, x, y, mask, overwrite)
     else:
+        read_as = fast if keep_graph else _static_as_data(model, fast)
         with torch.enable_grad():
-            seg_loss, nll, lm_state = segment_losses(model, fast, state.lm, x, y, use_checkpoint, mask)
+            seg_loss, nll, lm_state = segment_losses(model, read_as, state.lm, x, y, use_checkpoint, mask)
             found = torch.autograd.grad(
                 seg_loss.sum(), list(fast.values()), retain_graph=keep_graph, create_graph=second_order
             )
@@ -134,7 +139,9 @@ def adapt_segment(
     with torch.no_grad():
         detached = {n: t.detach() for n, t in fast.items()}
         new_fast, learner, diag = rule(detached, grads, theta0, seg_loss.detach(), state.learner)
-    return seg_loss.detach(), nll.detach(), ReadingState(detach_state(lm_state), new_fast, learner), diag
+    # the rule's outputs are new tensors (or, where allowed, the old ones' memory): this reading owns them
+    return (seg_loss.detach(), nll.detach(), ReadingState(detach_state(lm_state), new_fast, learner, frozenset(new_fast)),
+            diag)
 
 
 __all__ = ["adapt_segment", "segment_losses"]

@@ -26,6 +26,7 @@ from ..model import AWDLSTM
 from ..run.checkpoint import CheckpointError, load_checkpoint
 from ..run.from_checkpoint import (check_data_matches, holdout_articles, lm_from_checkpoint, load_learner,
                                    stored_grad_stats)
+from ..run.allocator import keep_freed_memory_on
 from ..run.setup import select_device
 from .aggregate import article_word_counts
 from .config import methods as all_methods
@@ -184,6 +185,7 @@ def load_inputs(cfg: DictConfig) -> EvalInputs:
         raise CheckpointError(f"{path} has no model config or weights: is it a dynlm training checkpoint?")
     methods = resolve_methods(methods, ckpt.get("meta_learner") is not None, path, ckpt.get("stage"))
     device = select_device(e.device)
+    keep_freed_memory_on(device)
     model = lm_from_checkpoint(ckpt, path).to(device).eval()  # a config that does not match the weights fails here
 
     has_learner = ckpt.get("meta_learner") is not None

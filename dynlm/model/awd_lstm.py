@@ -8,12 +8,14 @@ ones. The decoder reads the embedding's own tensor: one parameter, one name (`em
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..kernels.per_stream_lstm import WeightFactors
+from ..kernels.table_ops import SKINNY_ROWS, SkinnyDecode, StreamLookup
 from .dropout import drop_connect, embedding_row_mask, locked_dropout
 from .lstm import State, lstm_layer
 
@@ -42,90 +44,19 @@ class LSTMWeights(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
 
-class _StreamLookup(torch.autograd.Function):
-    """`weight[streams, tokens]` for a per-stream table `[B, V, E]`, whose gradient is sparse (the looked-up rows).
-
-    Plain indexing returns a dense `[B, V, E]` gradient: a fill of the whole table and then a second pass to add
-    it to the tied decoder's dense gradient, a third of all-parameter dynamic evaluation's time (model=small).
-    A sparse gradient is added to the decoder's row by row (a profile shows autograd still adding it out of
-    place, into a copy of the dense one, apparently because that one comes from a Python Function). Reading
-    without a graph avoids both: the table's gradient stays factored (`dynamic/factored_gradient.py`). Under double
-    backward (meta.second_order) the dense, differentiable form is used.
-    """
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, streams: Tensor, tokens: Tensor) -> Tensor:
-        ctx.save_for_backward(streams, tokens)
-        ctx.shape = weight.shape
-        return weight[streams, tokens]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        streams, tokens = ctx.saved_tensors
-        streams = streams.expand_as(tokens)
-        if torch.is_grad_enabled():  # create_graph: a gradient that is itself differentiable
-            dense = grad.new_zeros(ctx.shape).index_put((streams, tokens), grad, accumulate=True)
-            return dense, None, None
-        rows = torch.stack([streams.reshape(-1), tokens.reshape(-1)])
-        sparse = torch.sparse_coo_tensor(rows, grad.reshape(-1, grad.shape[-1]), ctx.shape, check_invariants=False)
-        return sparse, None, None
-
-
 def embed(tokens: Tensor, weight: Tensor) -> Tensor:
     """Look up `tokens [T, B]` in a shared `[V, E]` or per-stream `[B, V, E]` table."""
     if weight.dim() == 2:
         return F.embedding(tokens, weight)
     streams = torch.arange(tokens.shape[1], device=tokens.device)
-    return _StreamLookup.apply(weight, streams.unsqueeze(0), tokens)
-
-
-# Up to this many rows per table, the decoder multiplies table-first (`W @ hᵀ`): a few rows against the whole table
-# read it once, like a matrix-vector product, twice as fast on CPU as `h @ Wᵀ` at 5 rows; no gain from ~20 rows on.
-SKINNY_ROWS = 8
-
-
-class _SkinnyDecode(torch.autograd.Function):
-    """Logits `[T, B, V]` of a few rows `h [T, B, E]` against a table `[V, E]` or per-stream `[B, V, E]`.
-
-    Table-first in both directions: logits = (W hᵀ)ᵀ, ∂h = ∂logits · W, and ∂W = ∂logitsᵀ · h already in the
-    table's `[V, E]` layout (`einsum` formed it as `[E, V]` and then copied it transposed, a third pass over
-    the table). Its backward is made of differentiable ops, so double backward (meta.second_order) works.
-    """
-
-    @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor) -> Tensor:
-        ctx.save_for_backward(h, weight)
-        if weight.dim() == 2:
-            rows = h.reshape(-1, h.shape[-1])
-            return (weight @ rows.t()).t().reshape(*h.shape[:-1], -1)
-        return torch.bmm(weight, h.permute(1, 2, 0)).permute(2, 0, 1).contiguous()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        h, weight = ctx.saved_tensors
-        dh = dw = None
-        if weight.dim() == 2:
-            g, rows = grad.reshape(-1, grad.shape[-1]), h.reshape(-1, h.shape[-1])
-            if ctx.needs_input_grad[0]:
-                dh = (g @ weight).view_as(h)
-            if ctx.needs_input_grad[1]:
-                dw = g.t() @ rows
-            return dh, dw
-        g = grad.transpose(0, 1)  # [B, T, V]
-        if ctx.needs_input_grad[0]:
-            dh = torch.bmm(g, weight).transpose(0, 1)
-        if ctx.needs_input_grad[1]:
-            dw = torch.bmm(g.transpose(1, 2), h.transpose(0, 1))
-        return dh, dw
+    return StreamLookup.apply(weight, streams.unsqueeze(0), tokens)
 
 
 def decode(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """Tied decoder: `h [T, B, E]` against the embedding table -> logits `[T, B, V]`."""
-    shared = weight.dim() == 2
-    rows_per_table = h.shape[0] * (h.shape[1] if shared else 1)
-    # A shared table that requires grad is stage 1's: autograd may not want ∂W, and this path would form it anyway
-    if rows_per_table <= SKINNY_ROWS and not (shared and weight.requires_grad):
-        logits = _SkinnyDecode.apply(h, weight)
+    rows_per_table = h.shape[0] * (h.shape[1] if weight.dim() == 2 else 1)
+    if rows_per_table <= SKINNY_ROWS:
+        logits = SkinnyDecode.apply(h, weight)
     elif weight.dim() == 2:
         # as one [T·B, E] matrix: F.linear of a non-contiguous 3-d `h` (per-stream LSTM output) is a bmm against the
         # table broadcast per stream, which reads it B times
@@ -179,12 +110,14 @@ class AWDLSTM(nn.Module):
             for h in self.layer_sizes()
         ]
 
-    def forward(self, tokens: Tensor, state: LMState, detach_decoder_table: bool = False) -> LMOutput:
+    def forward(self, tokens: Tensor, state: LMState, detach_decoder_table: bool = False,
+                factors: Optional[WeightFactors] = None) -> LMOutput:
         """Read `tokens [T, B]` from `state`; dropout is on in `train()` mode only.
 
         `detach_decoder_table`: the decoder reads the tied table without a path back to it, so autograd never forms
         the table's dense gradient; a caller that wants it assembles it from ∂logits, `last_dropped` and the
-        gradient of `embedded` (`dynamic/factored_gradient.py`).
+        gradient of `embedded` (`kernels/factored_gradient.py`). `factors`: the caller's `WeightFactors`, to which
+        the per-stream LSTM matrices it names hand their gradients as factors.
         """
         training = self.training
         table = self.embedding.weight
@@ -196,7 +129,7 @@ class AWDLSTM(nn.Module):
         new_state: LMState = []
         for l, layer in enumerate(self.layers):
             w_hh = drop_connect(layer.weight_hh, self.wdrop, training)
-            x, s = lstm_layer(x, state[l], layer.weight_ih, w_hh, layer.bias_ih, layer.bias_hh)
+            x, s = lstm_layer(x, state[l], layer.weight_ih, w_hh, layer.bias_ih, layer.bias_hh, factors)
             new_state.append(s)
             if l < self.num_layers - 1:
                 x = locked_dropout(x, self.dropouth, training)

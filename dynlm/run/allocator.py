@@ -12,6 +12,8 @@ import ctypes
 import functools
 from typing import Optional
 
+import torch
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _GLIBC_MMAP_MAX = 65536  # glibc's default number of mmapped blocks
 
@@ -34,6 +36,13 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def keep_freed_memory_on(device: torch.device) -> bool:
+    """`keep_freed_memory` for a run computing on `device` (what training and evaluation call on their device):
+    on CPU, per-segment tensors as large as the embedding table then reuse freed memory instead of being mapped
+    and zeroed afresh. Returns whether it applied."""
+    return device.type == "cpu" and keep_freed_memory()
+
+
 def return_freed_memory() -> bool:
     """Blocks above 64 KiB mmapped and unmapped at free, the heap trimmed above 128 KiB: resident memory tracks
     the tensors alive (for peak-memory measurements). Returns whether glibc accepted the settings."""
@@ -51,4 +60,4 @@ def trim_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-__all__ = ["keep_freed_memory", "return_freed_memory", "trim_freed_memory"]
+__all__ = ["keep_freed_memory", "keep_freed_memory_on", "return_freed_memory", "trim_freed_memory"]

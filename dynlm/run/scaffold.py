@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .. import dist
 from ..config import check_ranges
 from ..dynamic.rules import check_rule_config
+from .allocator import keep_freed_memory_on
 from .checkpoint import capture_rng, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .jsonl import cut_after_step
 from .logger import RunLogger
@@ -67,6 +68,7 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
     check_rule_config(cfg.rule)  # the rule's own keys: its schema's ranges
     tc = cfg.trainer
     device = select_device(tc.device)
+    keep_freed_memory_on(device)
     seed_everything(tc.seed)
     ckpt_path = resume_path(tc.resume, run_dir)
     keep = [cfg.meta.lm_checkpoint] if cfg.stage == "meta" and cfg.meta.lm_checkpoint else []

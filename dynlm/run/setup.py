@@ -12,20 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import dist
 from ..config import DynlmError
-from .allocator import keep_freed_memory
 from .checkpoint import restore_rng
 
 
 def select_device(name: str) -> torch.device:
-    """The device a run computes on. On CPU, glibc's malloc is also set to keep freed memory: per-segment tensors
-    as large as the embedding table then reuse it instead of being mapped and zeroed afresh (`allocator.py`)."""
-    device = _device(name)
-    if device.type == "cpu":
-        keep_freed_memory()
-    return device
-
-
-def _device(name: str) -> torch.device:
+    """The device a run computes on (`auto`: this rank's GPU where there is one, else the CPU)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

@@ -14,31 +14,38 @@ weight-gradient accumulation of that size at every step, a dozen small kernels p
   `dW_ih`, `dx` (or handed over as those two factors, below); the bias gradients are one sum over time.
 - cache blocking (CPU): the recurrence runs over groups of streams whose recurrent matrices fit in part
   of the last-level cache, so that a group's matrices are read from cache, not memory, at every step
-  (`CHUNK_BYTES`; measured ~2x on the matrix-vector products at B=8, H=512 on a 32 MiB L3). The Python
-  loop is over time steps and these few groups, never over single streams or coordinates.
+  (`chunk_bytes`, by default `machine_chunk_bytes()`; measured ~2x on the matrix-vector products at B=8,
+  H=512 on a 32 MiB L3). The Python loop is over time steps and these few groups, never over single streams
+  or coordinates.
 - weights that are one matrix expanded over the streams (fresh fast weights, stride 0) are read once, as
   shared weights, while their gradient stays per stream.
 
 Double backward (`meta.second_order=true` differentiates the meta-loss through g = ∂ℓ/∂θ): when this
 backward runs with `create_graph=True` (grad mode on inside backward) it recomputes the layer from the
-saved inputs with differentiable ops and returns `autograd.grad(..., create_graph=True)`, so
+saved inputs with the reference ops (`maths/lstm.py`) and returns `autograd.grad(..., create_graph=True)`, so
 Hessian-vector products are exact. The first-order path pays nothing for it.
+
+Factored weight gradients: given a `WeightFactors` (the caller's object, passed in), the backward hands the
+gradients of the per-stream weights it names over to it as factors instead of returning them.
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
+import functools
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from ..maths.lstm import lstm_layer_reference
+
 State = Tuple[Tensor, Tensor]
 
 
+@functools.lru_cache(maxsize=None)
 def _last_level_cache_bytes() -> int:
-    """Largest CPU cache reported by Linux sysfs, or 32 MiB when it cannot be read."""
+    """Largest CPU cache reported by Linux sysfs (read once, at the first call), or 32 MiB when it cannot be
+    read."""
     best = 0
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
@@ -50,10 +57,10 @@ def _last_level_cache_bytes() -> int:
     return best or 32 << 20
 
 
-# Per-stream recurrences on CPU run over groups of streams whose recurrent matrices take at most this many
-# bytes (a quarter of the last-level cache: the rest is shared with the activations and other processes).
-# None: all streams at once.
-CHUNK_BYTES: Optional[int] = _last_level_cache_bytes() // 4
+def machine_chunk_bytes() -> int:
+    """The default group size of per-stream recurrences on CPU: streams whose recurrent matrices take at most a
+    quarter of the last-level cache (the rest is shared with the activations and other processes)."""
+    return _last_level_cache_bytes() // 4
 
 
 def _is_broadcast(w: Tensor) -> bool:
@@ -61,23 +68,21 @@ def _is_broadcast(w: Tensor) -> bool:
     return w.shape[0] == 1 or w.stride(0) == 0
 
 
-def _stream_chunks(w: Tensor, batch: int, per_stream: bool) -> List[slice]:
-    if not per_stream or w.device.type != "cpu" or CHUNK_BYTES is None:
+def _stream_chunks(w: Tensor, batch: int, per_stream: bool, chunk_bytes: Optional[int]) -> List[slice]:
+    """Groups of streams of at most `chunk_bytes` of recurrent matrices each (None: all streams at once)."""
+    if not per_stream or w.device.type != "cpu" or chunk_bytes is None:
         return [slice(0, batch)]
-    size = max(1, CHUNK_BYTES // max(1, w[0].numel() * w.element_size()))
+    size = max(1, chunk_bytes // max(1, w[0].numel() * w.element_size()))
     return [slice(b, min(b + size, batch)) for b in range(0, batch, size)]
 
 
-def _project(
-    x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], differentiable: bool = True
-) -> Tensor:
-    """Input projection of every step, stream-major `[B, T, 4H]`: `x @ w_ih^T + b_ih + b_hh`.
+def _project(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Tensor:
+    """Input projection of every step, stream-major `[B, T, 4H]`: `x @ w_ih^T + b_ih + b_hh` (outside autograd).
 
-    Outside autograd (`differentiable=False`), per-stream weights that are one matrix expanded over the
-    streams are read once, as a shared matrix.
+    Per-stream weights that are one matrix expanded over the streams are read once, as a shared matrix.
     """
     xb = x.transpose(0, 1)  # [B, T, I]
-    if w_ih.dim() == 3 and (differentiable or not _is_broadcast(w_ih)):
+    if w_ih.dim() == 3 and not _is_broadcast(w_ih):
         xw = torch.bmm(xb, w_ih.transpose(1, 2))
     else:
         xw = torch.matmul(xb, (w_ih[0] if w_ih.dim() == 3 else w_ih).t())
@@ -114,60 +119,31 @@ class WeightFactors:
         self.factors[name] = (d, u)
 
 
-_local = threading.local()  # the active captures, per thread: another thread's recurrences are not this one's
-
-
-def _capturing() -> List[WeightFactors]:
-    if not hasattr(_local, "captures"):
-        _local.captures = []
-    return _local.captures
-
-
-@contextmanager
-def factored_weight_gradients(weights: Mapping[str, Tensor]) -> Iterator[WeightFactors]:
-    """Recurrences run inside hand the first-order gradients of these per-stream weights (`[B, 4H, *]`) over as
-    factors instead of returning them: autograd sees no gradient for them. Those read are listed in `seen` once
-    the forward pass has run, their factors in `factors` once the backward has."""
-    found = WeightFactors(weights)
-    _capturing().append(found)
-    try:
-        yield found
-    finally:
-        _capturing().pop()
-
-
-def reference_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> Tuple[Tensor, Tensor, Tensor]:
-    """The same layer from plain differentiable ops: `(out [T, B, H], h_T, c_T)` (used for double backward)."""
-    xw = _project(x, w_ih, b_ih, b_hh)
-    h, c = h0, c0
-    outs = []
-    for t in range(x.shape[0]):
-        rec = torch.bmm(h.unsqueeze(1), w_hh.transpose(1, 2)).squeeze(1) if w_hh.dim() == 3 else h @ w_hh.t()
-        i, f, g, o = (xw[:, t] + rec).chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        outs.append(h)
-    return torch.stack(outs), h, c
+def _reference_outputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh) -> Tuple[Tensor, Tensor, Tensor]:
+    out, (h, c) = lstm_layer_reference(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+    return out, h, c
 
 
 class PerStreamLSTM(torch.autograd.Function):
-    """`(x [T, B, I], h0, c0 [B, H], w_ih, w_hh, b_ih, b_hh) -> (out [T, B, H], h_T, c_T)`.
+    """`(x [T, B, I], h0, c0 [B, H], w_ih, w_hh, b_ih, b_hh, factors, chunk_bytes) -> (out [T, B, H], h_T, c_T)`.
 
     Each weight is shared (`[4H, I]`, `[4H, H]`, `[4H]`) or per stream (`[B, 4H, I]`, `[B, 4H, H]`,
-    `[B, 4H]`); biases may be None. Gate order is PyTorch's (i, f, g, o).
+    `[B, 4H]`); biases may be None. Gate order is PyTorch's (i, f, g, o). `factors` (a `WeightFactors` or None):
+    the per-stream weights whose first-order gradients are handed over to it instead of returned.
+    `chunk_bytes`: the size of the groups of streams the recurrence runs over on CPU (None: all at once).
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, factors, chunk_bytes):
         T, B, _ = x.shape
         H = h0.shape[-1]
         per_stream = w_hh.dim() == 3 and not _is_broadcast(w_hh)
         w = w_hh if per_stream else (w_hh[0] if w_hh.dim() == 3 else w_hh)
-        acts = _project(x, w_ih, b_ih, b_hh, differentiable=False).contiguous()  # [B, T, 4H]: then gates
+        acts = _project(x, w_ih, b_ih, b_hh).contiguous()  # [B, T, 4H]: then gates
         cells = x.new_empty(B, T + 1, H)
         out = x.new_empty(B, T, H)
         cells[:, 0] = c0
-        for sl in _stream_chunks(w, B, per_stream):
+        for sl in _stream_chunks(w, B, per_stream, chunk_bytes):
             wt = w[sl].transpose(1, 2) if per_stream else w.t()  # h @ w^T, row vectors
             h = h0[sl]
             for t in range(T):
@@ -186,8 +162,7 @@ class PerStreamLSTM(torch.autograd.Function):
                 torch.tanh(c, out=h)
                 h.mul_(a[:, 3 * H :])
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, acts, cells, out)
-        ctx.per_stream = per_stream
-        factors = _capturing()[-1] if _capturing() else None
+        ctx.per_stream, ctx.chunk_bytes = per_stream, chunk_bytes
         names = [factors.claim(w) if factors is not None and w.dim() == 3 else None for w in (w_ih, w_hh)]
         ctx.factored = (factors, names) if any(names) else None  # None: every weight's gradient is formed
         return out.transpose(0, 1), out[:, T - 1].clone(), cells[:, T].clone()
@@ -198,7 +173,7 @@ class PerStreamLSTM(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
             if ctx.factored is not None:
                 raise RuntimeError("factored weight gradients are first-order only: differentiate the weights' "
-                                   "gradients (create_graph=True) outside factored_weight_gradients")
+                                   "gradients (create_graph=True) without a WeightFactors")
             return _differentiable_backward(ctx, (x, h0, c0, w_ih, w_hh, b_ih, b_hh), (d_out, d_hT, d_cT))
         B, T, G = acts.shape
         H = G // 4
@@ -216,7 +191,7 @@ class PerStreamLSTM(torch.autograd.Function):
         dgates = acts.new_empty(B, T, G)
         dh_all = d_hT.clone()
         dc_all = d_cT.clone()
-        for sl in _stream_chunks(w, B, per_stream):
+        for sl in _stream_chunks(w, B, per_stream, ctx.chunk_bytes):
             w_sl = w[sl] if per_stream else w
             dh, dc = dh_all[sl], dc_all[sl]
             for t in range(T - 1, -1, -1):
@@ -260,16 +235,17 @@ class PerStreamLSTM(torch.autograd.Function):
             per_b = dgates.sum(1)  # [B, 4H]
             d_b_ih = (per_b if b_ih.dim() == 2 else per_b.sum(0)) if need[5] else None
             d_b_hh = (per_b if b_hh.dim() == 2 else per_b.sum(0)) if need[6] else None
-        return (d_x, dh_all if need[1] else None, dc_all if need[2] else None, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+        return (d_x, dh_all if need[1] else None, dc_all if need[2] else None, d_w_ih, d_w_hh, d_b_ih, d_b_hh,
+                None, None)
 
 
 def _differentiable_backward(ctx, inputs, grad_outputs):
     wanted = [j for j, t in enumerate(inputs) if ctx.needs_input_grad[j] and t is not None and t.requires_grad]
-    grads: list = [None] * len(inputs)
+    grads: list = [None] * (len(inputs) + 2)  # none for the factors and chunk_bytes arguments
     if not wanted:
         return tuple(grads)
     with torch.enable_grad():
-        outs = reference_layer(*inputs)
+        outs = _reference_outputs(*inputs)
         got = torch.autograd.grad(outs, [inputs[j] for j in wanted], grad_outputs, create_graph=True,
                                   allow_unused=True)
     for j, gr in zip(wanted, got):
@@ -278,16 +254,18 @@ def _differentiable_backward(ctx, inputs, grad_outputs):
 
 
 def per_stream_lstm_layer(
-    x: Tensor, state: State, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]
+    x: Tensor, state: State, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+    factors: Optional[WeightFactors] = None, chunk_bytes: Optional[int] = None,
 ) -> Tuple[Tensor, State]:
     """One LSTM layer over `x [T, B, I]` from `state = (h [B, H], c [B, H])`, any weight per stream or shared.
 
-    Returns the outputs `[T, B, H]` and the final `(h, c)`, like `lstm.lstm_layer`.
+    Returns the outputs `[T, B, H]` and the final `(h, c)`, like `maths.lstm.lstm_layer_reference`. `factors`:
+    see `PerStreamLSTM`; `chunk_bytes` None takes `machine_chunk_bytes()`.
     """
     h0, c0 = state
-    out, h, c = PerStreamLSTM.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    chunk = machine_chunk_bytes() if chunk_bytes is None else chunk_bytes
+    out, h, c = PerStreamLSTM.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, factors, chunk)
     return out, (h, c)
 
 
-__all__ = ["CHUNK_BYTES", "PerStreamLSTM", "WeightFactors", "factored_weight_gradients", "per_stream_lstm_layer",
-           "reference_layer"]
+__all__ = ["PerStreamLSTM", "WeightFactors", "machine_chunk_bytes", "per_stream_lstm_layer"]

@@ -3,7 +3,7 @@
 Reading a segment of L tokens in B streams, the gradient of a per-stream matrix that multiplies one vector per step
 is, per stream b, G_b = Σ_t d_tb u_tbᵀ = D_b U_b with D_b `[R, L]`, U_b `[L, C]` (`FactoredGradient`):
 - an LSTM matrix: d_t its gates' gradient at step t, u_t the layer's input x_t (W_ih) or h_{t−1} (W_hh), as
-  `per_stream_lstm.factored_weight_gradients` collects them from the recurrence's backward;
+  the recurrence's backward hands them to a `per_stream_lstm.WeightFactors`;
 - the tied `[B, V, E]` table (`TableGradient`): D_b = ∂loss/∂logits `[V, L]`, U_b the decoder's input H_b `[L, E]`,
   plus the lookup part Σ_t e(x_tb) δ_tbᵀ on the rows read (x_tb the looked-up rows, δ_tb their gradients).
 
@@ -12,7 +12,8 @@ added to it out of place (a profile shows: into a copy of the dense part). With 
 about 14 passes over the 26.6 MB table of `model=small` per segment where 6 must be made (`scripts/bench.py`'s
 bound), and 11 over each LSTM matrix (7 factored). Here the update consumes D U as it goes (inside one compiled
 kernel, or block by block while the block is in cache), then subtracts the table's lookup part on its few rows.
-The step is Krause's, scaled per stream by the cheap learned rule (s = 1: dynamic evaluation):
+The step is Krause's (`maths/krause.py:krause_step`), scaled per stream by the cheap learned rule (s = 1: dynamic
+evaluation):
 
     θ'[rows] = θ[rows] + s_decay · (flush·θ0 − flush ⊙ θ)[rows] − s_step · gain ⊙ (D[:, rows] U)
     θ'[x_t] −= s_step · gain[x_t] ⊙ δ_t                                       (the table only)
@@ -27,16 +28,20 @@ a 3-layer LSTM of that size, 3.8 against 7.9 ms for one stream and 14.4 against 
 product and two `addcmul`s). Compiling takes seconds, once
 per process for every matrix size (marked dynamic), again for one stream against several, for a broadcast θ (a
 stream's first segment) and for another dtype; shorter segments are padded to a depth already compiled. Where it
-cannot be done (no C++ compiler), the blocks serve.
+cannot be done (no C++ compiler), the blocks serve. What was compiled and whether compiling failed is the state of
+a `FactoredStep`, which its caller (the update rule) owns.
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional, Set
+from typing import Callable, Dict, Optional, Set
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from ..maths.krause import krause_step
+from .krause_dense import krause_dense_step
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +134,14 @@ class TableGradient(FactoredGradient):
 def _blocked_step(theta: Tensor, flush: Tensor, anchored: Tensor, gain: Tensor, d: Tensor, h: Tensor,
                   s_decay: Tensor, s_step: Tensor, block_rows: int = BLOCK_ROWS) -> Tensor:
     """θ + s_decay · (anchored − flush ⊙ θ) − s_step · gain ⊙ (d h) for `d [B, R, L]`, `h [B, L, C]` and
-    `s_* [B, 1, 1]`, a block of rows at a time."""
+    `s_* [B, 1, 1]`, a block of rows at a time: the block's product, then the dense step on it while it is in
+    cache."""
     out = torch.empty(d.shape[0], d.shape[1], h.shape[2], dtype=theta.dtype, device=theta.device)
+    s_decay, s_step = s_decay.view(-1), s_step.view(-1)
     for start in range(0, out.shape[1], block_rows):
-        stop = min(start + block_rows, out.shape[1])
-        block, old = out[:, start:stop], theta[:, start:stop]
-        torch.addcmul(anchored[start:stop], flush[start:stop], old, value=-1.0, out=block)
-        block.mul_(s_decay).add_(old)
-        step = torch.bmm(d[:, start:stop], h).mul_(gain[start:stop])
-        block.addcmul_(step, s_step, value=-1.0)
+        rows = slice(start, min(start + block_rows, out.shape[1]))
+        krause_dense_step(theta[:, rows], anchored[rows], flush[rows], gain[rows], torch.bmm(d[:, rows], h),
+                          s_decay, s_step, out=out[:, rows])
     return out
 
 
@@ -147,8 +151,7 @@ def _fused_step(theta: Tensor, flush: Tensor, anchored: Tensor, gain: Tensor, d:
     forming it. Run eagerly (where the compiler gave up), it takes the blocks: the product would be `[B, R, L, C]`."""
     if not torch.compiler.is_compiling():
         return _blocked_step(theta, flush, anchored, gain, d, h, s_decay, s_step)
-    g = (d.unsqueeze(-1) * h.unsqueeze(1)).sum(2)
-    return theta + s_decay * (anchored - flush * theta) - s_step * gain * g
+    return krause_step(theta, anchored, flush, gain, (d.unsqueeze(-1) * h.unsqueeze(1)).sum(2), s_decay, s_step)
 
 
 def _fused_step_into(theta: Tensor, *args: Tensor) -> Tensor:
@@ -157,45 +160,65 @@ def _fused_step_into(theta: Tensor, *args: Tensor) -> Tensor:
     return theta.copy_(_fused_step(theta, *args))
 
 
-_compiled = {"failed": False}
-_kernel_lengths: Set[int] = set()  # the product depths L compiled so far
+class FactoredStep:
+    """Krause's step on factored gradients, with its state owned by its caller: the compiled kernels, the product
+    depths L compiled so far and whether compiling failed (then the blocks serve from there on). Dynamo keeps
+    what it compiled with the step functions' code, so a second `FactoredStep` does not compile again."""
 
+    def __init__(self, compile_min: int = COMPILE_MIN_ELEMENTS, block_rows: int = BLOCK_ROWS):
+        self.compile_min, self.block_rows = compile_min, block_rows
+        self.failed = False
+        self.depths: Set[int] = set()
+        self._kernels: Dict[str, Callable] = {}
 
-def _kernel_args(theta, flush, anchored, gain, d: Tensor, u: Tensor):
-    """The kernel's inputs, the matrix's size marked dynamic and L not: one kernel serves the table and every LSTM
-    matrix, while its L-deep sum stays unrolled (a symbolic L measured 1.8× slower: 14.6 against 8.3 ms on the
-    table). A segment shorter than a depth compiled before (an article's or a stream's end) is padded with zero
-    terms up to it rather than compiled anew."""
-    depth = d.shape[2]
-    deeper = [n for n in _kernel_lengths if n > depth]
-    if deeper and depth not in _kernel_lengths:
-        pad = min(deeper) - depth
-        d, u = F.pad(d, (0, pad)), F.pad(u, (0, 0, 0, pad))
-    _kernel_lengths.add(d.shape[2])
-    for t, dims in ((theta, (1, 2)), (flush, (0, 1)), (anchored, (0, 1)), (gain, (0, 1)), (d, (1,)), (u, (2,))):
-        torch._dynamo.mark_dynamic(t, dims)
-    return theta, flush, anchored, gain, d, u
+    def _kernel(self, fn: Callable) -> Callable:
+        if fn.__name__ not in self._kernels:  # compiling is lazy: the first call compiles
+            self._kernels[fn.__name__] = torch.compile(fn, dynamic=False)  # dynamic only where marked
+        return self._kernels[fn.__name__]
 
+    def _kernel_args(self, theta, flush, anchored, gain, d: Tensor, u: Tensor):
+        """The kernel's inputs, the matrix's size marked dynamic and L not: one kernel serves the table and every
+        LSTM matrix, while its L-deep sum stays unrolled (a symbolic L measured 1.8× slower: 14.6 against 8.3 ms on
+        the table). A segment shorter than a depth compiled before (an article's or a stream's end) is padded with
+        zero terms up to it rather than compiled anew."""
+        depth = d.shape[2]
+        deeper = [n for n in self.depths if n > depth]
+        if deeper and depth not in self.depths:
+            pad = min(deeper) - depth
+            d, u = F.pad(d, (0, pad)), F.pad(u, (0, 0, 0, pad))
+        self.depths.add(d.shape[2])
+        for t, dims in ((theta, (1, 2)), (flush, (0, 1)), (anchored, (0, 1)), (gain, (0, 1)), (d, (1,)), (u, (2,))):
+            torch._dynamo.mark_dynamic(t, dims)
+        return theta, flush, anchored, gain, d, u
 
-def _product_step(theta, flush, anchored, gain, grad: FactoredGradient, s_decay, s_step, block_rows: int,
-                  compile_min: int) -> Tensor:
-    """The step with the product's part of G: compiled for a large matrix (once compiling has not failed), into θ
-    where `grad.overwrite` allows it; else blocks, into a new tensor."""
-    args = (theta, flush, anchored, gain, grad.d, grad.u, s_decay, s_step)
-    if flush.numel() >= compile_min and not _compiled["failed"]:
-        # a broadcast view of θ0 (a stream's first segment) or any other view is never written into
-        fn = _fused_step_into if grad.overwrite and theta.is_contiguous() else _fused_step
-        if fn.__name__ not in _compiled:
-            _compiled[fn.__name__] = torch.compile(fn, dynamic=False)  # dynamic only where marked
-        try:
-            return _compiled[fn.__name__](*_kernel_args(*args[:6]), s_decay, s_step)
-        except torch.OutOfMemoryError:
-            raise  # not the compiler's failure: the blocks would need more memory still
-        except Exception as err:  # e.g. no C++ compiler: the blocks compute the same
-            _compiled["failed"] = True
-            log.warning("the compiled weight update is unavailable (%s: %s); updating block by block",
-                        type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-    return _blocked_step(*args, block_rows=block_rows)
+    def product_step(self, theta, flush, anchored, gain, grad: "FactoredGradient", s_decay, s_step) -> Tensor:
+        """The step with the product's part of G: compiled for a large matrix (unless compiling has failed), into
+        θ where `grad.overwrite` allows it; else blocks, into a new tensor."""
+        args = (theta, flush, anchored, gain, grad.d, grad.u, s_decay, s_step)
+        if flush.numel() >= self.compile_min and not self.failed:
+            # a broadcast view of θ0 (a stream's first segment) or any other view is never written into
+            fn = _fused_step_into if grad.overwrite and theta.is_contiguous() else _fused_step
+            try:
+                return self._kernel(fn)(*self._kernel_args(*args[:6]), s_decay, s_step)
+            except torch.OutOfMemoryError:
+                raise  # not the compiler's failure: the blocks would need more memory still
+            except Exception as err:  # e.g. no C++ compiler: the blocks compute the same
+                self.failed = True
+                log.warning("the compiled weight update is unavailable (%s: %s); updating block by block",
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return _blocked_step(*args, block_rows=self.block_rows)
+
+    def __call__(self, theta: Tensor, flush: Tensor, anchored: Tensor, gain: Tensor, grad: "FactoredGradient",
+                 s_decay: Optional[Tensor] = None, s_step: Optional[Tensor] = None) -> Tensor:
+        """θ + s_decay · (anchored − flush ⊙ θ) − s_step · gain ⊙ G for a per-stream matrix `θ [B, R, C]` (a
+        broadcast view is fine), the rule's per-coordinate constants `[R, C]` (anchored = flush ⊙ θ0) and
+        per-stream scales `s_* [B]` (None: 1, Krause's step), into a new tensor or, where `grad.overwrite`,
+        possibly into θ; G stays factored (see the module's docstring).
+        The product's part is taken by the compiled kernel for matrices of at least `compile_min` elements, else
+        in blocks of `block_rows` rows; a table's lookup rows are then stepped on those rows."""
+        s_decay, s_step = (_stream_scale(s, grad.shape[0], theta) for s in (s_decay, s_step))
+        out = self.product_step(theta, flush, anchored, gain, grad, s_decay, s_step)
+        return grad.finish_step(out, gain, s_step)
 
 
 def _stream_scale(s: Optional[Tensor], streams: int, like: Tensor) -> Tensor:
@@ -206,20 +229,4 @@ def _stream_scale(s: Optional[Tensor], streams: int, like: Tensor) -> Tensor:
     return s.clone(memory_format=torch.contiguous_format).view(-1, 1, 1)
 
 
-def krause_factored_step(theta: Tensor, flush: Tensor, anchored: Tensor, gain: Tensor, grad: FactoredGradient,
-                         s_decay: Optional[Tensor] = None, s_step: Optional[Tensor] = None,
-                         block_rows: int = BLOCK_ROWS, compile_min: Optional[int] = None) -> Tensor:
-    """θ + s_decay · (anchored − flush ⊙ θ) − s_step · gain ⊙ G for a per-stream matrix `θ [B, R, C]` (a
-    broadcast view is fine), the rule's per-coordinate constants `[R, C]` (anchored = flush ⊙ θ0) and per-stream
-    scales `s_* [B]` (None: 1, Krause's step), into a new tensor or, where `grad.overwrite`, possibly into θ; G
-    stays factored (see the module's docstring).
-    The product's part is taken by the compiled kernel for matrices of at least `compile_min` elements (default
-    `COMPILE_MIN_ELEMENTS`), else in blocks of `block_rows` rows; a table's lookup rows are then stepped on
-    those rows."""
-    compile_min = COMPILE_MIN_ELEMENTS if compile_min is None else compile_min
-    s_decay, s_step = (_stream_scale(s, grad.shape[0], theta) for s in (s_decay, s_step))
-    out = _product_step(theta, flush, anchored, gain, grad, s_decay, s_step, block_rows, compile_min)
-    return grad.finish_step(out, gain, s_step)
-
-
-__all__ = ["BLOCK_ROWS", "COMPILE_MIN_ELEMENTS", "FactoredGradient", "TableGradient", "krause_factored_step"]
+__all__ = ["BLOCK_ROWS", "COMPILE_MIN_ELEMENTS", "FactoredGradient", "FactoredStep", "TableGradient"]

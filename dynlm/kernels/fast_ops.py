@@ -1,4 +1,4 @@
-"""Speed kernels of the blockwise meta-learner (`blockwise.py`, `meta_learner.py`): autograd Functions that
+"""Speed kernels of the blockwise meta-learner (`blockwise.py`, `dynamic/meta_learner.py`): autograd Functions that
 do what plain ops do, with a faster CPU path."""
 from __future__ import annotations
 
