@@ -26,7 +26,7 @@ rules read are measured on it through `grad_stats_for`, the path stage 2 and eva
                   dropouts and AR/TAR, `build_optimizer(cfg.optim)`, clip; B=20, bptt=70) / a plain `nn.LSTM`
                   LM of the same sizes, tied embeddings, no regularisation; `ratio_noreg`: `lm_step` with
                   every dropout and AR/TAR overridden to 0.
-- `meta_train`    stage-2 time per token of `dynlm.train.meta_trainer.meta_window` (B=4, L=5, K=4,
+- `meta_train`    stage-2 time per token of `dynlm.train.meta_window.meta_window` (B=4, L=5, K=4,
                   checkpointed, first order, `meta.dynamic=[layers.*]`; each call reads the next window of
                   `MetaStreams`, as stage 2 does) / `lm_step` time per token on the same model config and the
                   same tokens (the window's K·L tokens of the B streams as one [K·L, B] batch);
@@ -94,7 +94,8 @@ from dynlm.model import AWDLSTM, build_model, lstm_layer, static_weights  # noqa
 from dynlm.run.allocator import keep_freed_memory, return_freed_memory, trim_freed_memory  # noqa: E402
 from dynlm.run.from_checkpoint import grad_stats_for  # noqa: E402
 from dynlm.train.lm_trainer import build_optimizer, lm_step  # noqa: E402
-from dynlm.train.meta_trainer import MetaLearning, build_meta_learning, fresh_window_state, next_window  # noqa: E402
+from dynlm.train.meta_learning import MetaLearning  # noqa: E402
+from dynlm.train.meta_trainer import build_meta_learning, fresh_window_state, next_window  # noqa: E402
 
 FIGURES = ("lstm_fwd_bwd", "lm_train", "meta_train", "adaptive_eval", "grad_stats", "dyneval", "memory")
 TARGETS = {

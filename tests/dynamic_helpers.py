@@ -77,3 +77,34 @@ def perturb(learner, seed=0, scale=0.3):
 
 def dyneval_for(learner: GatedMetaLearner, stats: GradStats) -> DynEvalRule:
     return DynEvalRule(learner.names, stats, eta=learner.eta, lam=learner.lam, eps=learner.eps)
+
+
+def tiny_meta_learning(**meta):
+    """Stage 2's `MetaLearning` for the cheap rule on `tiny_model(dropout=True)`'s LSTM layers: K = 3 segments of
+    L = 4 tokens, B = 2 streams (`RandomStreams`), with the `meta` settings given."""
+    from omegaconf import OmegaConf
+
+    from dynlm.config import MetaConfig
+    from dynlm.dynamic.rules import rule_config
+    from dynlm.train.meta_trainer import build_meta_learning
+
+    model = tiny_model(dropout=True)
+    names = [n for n, _ in model.named_parameters() if n.startswith("layers.")]
+    mc = OmegaConf.merge(OmegaConf.structured(MetaConfig), {"window": 3, "seg_len": 4, "batch_size": 2, **meta})
+    rule = rule_config("cheap", like={"eta": 0.01, "lam": 0.02})
+    return build_meta_learning(mc, rule, model, names, random_stats(model, names))
+
+
+class RandomStreams:
+    """Two streams of random tokens of the tiny vocabulary, a new article every 5 segments (as `MetaStreams`)."""
+
+    def __init__(self, vocab=VOCAB, seg_len=4, batch=2):
+        self.g = torch.Generator().manual_seed(3)
+        self.ids = torch.randint(0, vocab, (400, seg_len + 1, batch), generator=self.g)
+
+    def batch(self, k):
+        from dynlm.data.meta_streams import MetaBatch
+
+        seg = self.ids[k]
+        new = torch.full((seg.shape[1],), k % 5 == 0)
+        return MetaBatch(seg[:-1], seg[1:], new, torch.zeros(seg.shape[1], dtype=torch.long), torch.zeros(2))

@@ -10,7 +10,6 @@ from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.segment import adapt_segment
 from dynlm.eval.evaluate import evaluate
 from dynlm.model import static_weights
-from dynlm.train.meta_trainer import _state_dict
 
 from dynamic_helpers import random_stats, read, tiny_model, tokens
 from eval_helpers import compose_eval
@@ -145,7 +144,7 @@ def test_a_learner_state_at_its_shared_initial_value_is_saved_one_row_per_stream
     theta0 = static_weights(model, names)
     state = fresh_state(model, theta0, 3, cheap.init_learner_state({n: t.unsqueeze(0) for n, t in theta0.items()}))
     assert state.learner["context"].shape == (1, 2)
-    assert _state_dict(state)["learner"]["context"].shape == (3, 2)  # gathered and sharded by rows
+    assert state.to_dict()["learner"]["context"].shape == (3, 2)  # gathered and sharded by rows
 
 
 SIZES = {"rule": "cheap", "meta.batch_size": 3, "meta.seg_len": 4, "meta.window": 3, "meta.gradstat_tokens": 600,

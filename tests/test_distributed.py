@@ -56,7 +56,7 @@ def _worker(rank: int, world: int, port: int, jobs: list) -> None:
 
 def _train_recording_meta_grads(cfg, run_dir, rank):
     """Record the first window's meta-gradients just before and just after they are all-reduced."""
-    import dynlm.train.meta_trainer as mt
+    import dynlm.train.bptt_estimator as mt
 
     original, calls = mt._sync_grads, []
 

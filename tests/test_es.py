@@ -4,10 +4,11 @@ import torch
 
 from dynlm.dynamic.es import antithetic_directions, assign_flat_grad, es_gradient, shifted
 from dynlm.train import train
-from dynlm.train.es_window import es_window
-from dynlm.train.meta_trainer import build_meta_learning, fresh_window_state
+from dynlm.train.meta_trainer import fresh_window_state
+from dynlm.train.meta_window import meta_window
+from dynlm.train.window_reading import read_window
 
-from dynamic_helpers import random_stats, tiny_model
+from dynamic_helpers import RandomStreams as _Streams, tiny_meta_learning
 from hydra_helpers import compose_config, meta_overrides, records, straight_and_resumed
 
 
@@ -53,32 +54,7 @@ def test_shifted_moves_phi_inside_the_block_and_restores_it_exactly():
 
 
 def _tiny_learning(es_sigma, es_pairs=1):
-    from omegaconf import OmegaConf
-
-    from dynlm.config import MetaConfig
-    from dynlm.dynamic.rules import rule_config
-
-    model = tiny_model(dropout=True)
-    names = [n for n, _ in model.named_parameters() if n.startswith("layers.")]
-    mc = OmegaConf.merge(OmegaConf.structured(MetaConfig), {"window": 3, "seg_len": 4, "batch_size": 2,
-                                                           "es_sigma": es_sigma, "es_pairs": es_pairs})
-    rule = rule_config("cheap", like={"eta": 0.01, "lam": 0.02})
-    return build_meta_learning(mc, rule, model, names, random_stats(model, names))
-
-
-class _Streams:
-    """Two streams of random tokens of the tiny vocabulary, a new article every 5 segments."""
-
-    def __init__(self, vocab=23, seg_len=4, batch=2):
-        self.g = torch.Generator().manual_seed(3)
-        self.ids = torch.randint(0, vocab, (400, seg_len + 1, batch), generator=self.g)
-
-    def batch(self, k):
-        from dynlm.data.meta_streams import MetaBatch
-
-        seg = self.ids[k]
-        new = torch.full((seg.shape[1],), k % 5 == 0)
-        return MetaBatch(seg[:-1], seg[1:], new, torch.zeros(seg.shape[1], dtype=torch.long), torch.zeros(2))
+    return tiny_meta_learning(estimator="es", es_sigma=es_sigma, es_pairs=es_pairs)
 
 
 def test_every_read_of_a_window_sees_the_same_dropout_masks():
@@ -87,12 +63,12 @@ def test_every_read_of_a_window_sees_the_same_dropout_masks():
     torch.manual_seed(0)
     ml = _tiny_learning(es_sigma=1e-9)
     state, static_lm = fresh_window_state(ml, 2)
-    _, _, report = es_window(ml, _Streams(), 0, state, static_lm, seed=5)
+    _, _, report = meta_window(ml, _Streams(), 0, state, static_lm, seed=5)
     assert report.skipped == 0
     assert report.diag["es/spread"] < 1e-6
     ml = _tiny_learning(es_sigma=2.0)  # a real perturbation does move the loss
     state, static_lm = fresh_window_state(ml, 2)
-    _, _, report = es_window(ml, _Streams(), 0, state, static_lm, seed=5)
+    _, _, report = meta_window(ml, _Streams(), 0, state, static_lm, seed=5)
     assert report.diag["es/spread"] > 1e-4, report.diag
 
 
@@ -106,11 +82,9 @@ def test_an_es_window_steps_phi_and_carries_the_unperturbed_reading_state():
     before = [p.detach().clone() for p in ml.learner.parameters()]
     state, static_lm = fresh_window_state(ml, 2)
     torch.manual_seed(7)
-    new_state, _, report = es_window(ml, _Streams(), 0, state, static_lm, seed=5)
+    new_state, _, report = meta_window(ml, _Streams(), 0, state, static_lm, seed=5)
     assert report.skipped == 0 and report.tokens == 3 * 4 * 2
     assert any(not torch.equal(p.detach(), b) for p, b in zip(ml.learner.parameters(), before))
-
-    from dynlm.train.es_window import _read_window
 
     with torch.no_grad():
         for p, b in zip(ml.learner.parameters(), before):
@@ -120,7 +94,7 @@ def test_an_es_window_steps_phi_and_carries_the_unperturbed_reading_state():
     torch.manual_seed(masks_seed)
     ml.model.train()
     # without the static model's reading, as the φ ± σε reads: the same masks all the same
-    _, ref, _, _, _ = _read_window(ml, _Streams(), 0, state, None)
+    ref = read_window(ml, _Streams(), 0, state, None).state
     for n in ref.fast:
         torch.testing.assert_close(new_state.fast[n], ref.fast[n], rtol=0, atol=0)
 
@@ -128,8 +102,6 @@ def test_an_es_window_steps_phi_and_carries_the_unperturbed_reading_state():
 def test_the_gradient_an_es_window_steps_with_is_the_estimate_from_its_plus_and_minus_reads():
     # recompute ĝ from reads of φ + σε and φ − σε (the window's directions and masks) and compare it with the
     # gradient the window hands to Adam (no clipping): a swapped sign or pairing would fail
-    from dynlm.train.es_window import _read_window
-
     torch.manual_seed(0)
     ml = _tiny_learning(es_sigma=0.3, es_pairs=3)
     ml.meta.clip = 1e9
@@ -139,7 +111,7 @@ def test_the_gradient_an_es_window_steps_with_is_the_estimate_from_its_plus_and_
     before = [p.detach().clone() for p in params]
     state, static_lm = fresh_window_state(ml, 2)
     torch.manual_seed(11)
-    es_window(ml, _Streams(), 0, state, static_lm, seed=5)
+    meta_window(ml, _Streams(), 0, state, static_lm, seed=5)
     used = torch.cat([p.grad.flatten() for p in params]).double()
 
     with torch.no_grad():
@@ -153,7 +125,7 @@ def test_the_gradient_an_es_window_steps_with_is_the_estimate_from_its_plus_and_
     def loss(delta):
         with shifted(params, delta):
             torch.manual_seed(masks_seed)
-            return float(_read_window(ml, _Streams(), 0, state, None)[0].mean())
+            return float(read_window(ml, _Streams(), 0, state, None).per_stream.mean())
 
     plus = torch.tensor([loss(0.3 * e) for e in eps], dtype=torch.float64)
     minus = torch.tensor([loss(-0.3 * e) for e in eps], dtype=torch.float64)

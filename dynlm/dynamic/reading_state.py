@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Mapping
+from typing import Any, Callable, Dict, FrozenSet, Mapping
 
 from torch import Tensor
 
 from ..model import LMState, detach_state
 from .fast_weights import FastWeights, per_stream, reset_streams, zero_rows
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
 
 
 @dataclass
@@ -42,19 +46,24 @@ class ReadingState:
         learner = {n: zero_rows(t, mask) for n, t in self.learner.items()}
         return ReadingState(lm, reset_streams(self.fast, theta0, mask), learner, frozenset(self.fast))  # new tensors
 
-    def to_cpu(self) -> dict:
+    def to_dict(self, rows: Callable[[Tensor], Any] = _same) -> dict:
+        """The tensors as a checkpoint holds them: detached, contiguous, each with one row per stream (a learner
+        state still at its shared initial value `[1, ...]` is expanded), each passed through `rows` (on several
+        ranks, `dist.gather_streams`: the checkpoint is in global stream order)."""
+        b = self.batch_size
         return {
-            "lm": [(h.detach().cpu(), c.detach().cpu()) for h, c in self.lm],
-            "fast": {n: t.detach().cpu().contiguous() for n, t in self.fast.items()},
-            "learner": {n: t.detach().cpu() for n, t in self.learner.items()},
+            "lm": [(rows(h.detach().contiguous()), rows(c.detach().contiguous())) for h, c in self.lm],
+            "fast": {n: rows(t.detach().contiguous()) for n, t in self.fast.items()},
+            "learner": {n: rows(t.detach().expand(b, *t.shape[1:]).contiguous()) for n, t in self.learner.items()},
         }
 
     @staticmethod
-    def from_dict(d: dict, device) -> "ReadingState":
+    def from_dict(d: dict, device, rows: Callable[[Tensor], Tensor] = _same) -> "ReadingState":
+        """The inverse of `to_dict`: `rows` first picks this rank's streams (`dist.shard_streams`)."""
         return ReadingState(
-            [(h.to(device), c.to(device)) for h, c in d["lm"]],
-            {n: t.to(device) for n, t in d["fast"].items()},
-            {n: t.to(device) for n, t in d["learner"].items()},
+            [(rows(h).to(device), rows(c).to(device)) for h, c in d["lm"]],
+            {n: rows(t).to(device) for n, t in d["fast"].items()},
+            {n: rows(t).to(device) for n, t in d["learner"].items()},
         )
 
 

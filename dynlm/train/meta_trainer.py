@@ -1,10 +1,9 @@
-"""Stage 2: train the meta-learner φ by truncated meta-BPTT over checkpointed segments (DESIGN §3).
+"""Stage 2: train the meta-learner φ (docs/design.md §4).
 
 B article streams are read in parallel, each with its own dynamic weights. A window is K segments of L
 tokens; each segment is evaluated first and then used for an update, and the meta-loss is the mean segment
-loss over the window. After Adam steps φ (and θ0 under EWC when `meta.train_static`), the reading state is
-detached: the truncation that keeps memory flat however long an article is. The unit of work is
-`meta_window`; the loop around it is the run scaffold's (`run/scaffold.py`).
+loss over the window. The unit of work is `meta_window.meta_window`, with the estimator of the meta-gradient
+`meta.estimator` names (`estimators.py`); the loop around it is the run scaffold's (`run/scaffold.py`).
 """
 from __future__ import annotations
 
@@ -14,16 +13,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
 from .. import dist
 from ..config import ConfigValueError, DynlmError
 from ..data import HELDOUT, MetaStreams, load_corpus
-from ..dynamic.fast_weights import finite_streams, select_dynamic
+from ..dynamic.fast_weights import select_dynamic
 from ..dynamic.grad_stats import GradStats
 from ..dynamic.reading_state import ReadingState, fresh_state
 from ..dynamic.rules import LEARNED, build_rule, check_rule_config, rule_names
-from ..dynamic.segment import adapt_segment
 from ..model import LMState, static_weights
 from ..run.checkpoint import load_checkpoint, load_weights
 from ..run.from_checkpoint import (check_data_matches, check_heldout_matches, grad_stats_for, holdout_articles,
@@ -31,9 +29,11 @@ from ..run.from_checkpoint import (check_data_matches, check_heldout_matches, gr
 from ..run.logger import RunLogger
 from ..run.progress import Progress
 from ..run.scaffold import run
-from .es_window import es_window
+from .estimators import ESTIMATORS, build_estimator
+from .meta_learning import MetaLearning
 from .meta_validation import quick_adaptive_valid
-from .window_report import MetaLearning, WindowReport, static_segment_loss
+from .meta_window import meta_window
+from .window_report import WindowReport
 
 WindowHook = Callable[[ReadingState, int], ReadingState]
 
@@ -42,102 +42,29 @@ class MetaDivergedError(DynlmError, FloatingPointError):
     """Too many skipped windows in a row: the message names the last good checkpoint and what to change."""
 
 
-def _ewc_penalty(model, anchor: Dict[str, Tensor], fisher: Dict[str, Tensor], lam: float):
-    total = None
-    for n, p in model.named_parameters():
-        if n in fisher:
-            term = (fisher[n] * (p - anchor[n]).pow(2)).sum()
-            total = term if total is None else total + term
-    return lam * total
-
-
-def _sync_grads(params) -> None:
-    """Average meta-gradients over ranks (each rank reads different streams)."""
-    if not dist.is_distributed():
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce_sum(p.grad)
-            p.grad.div_(dist.world_size())
-
-
-def meta_window(ml: MetaLearning, streams: MetaStreams, position: int, state: ReadingState, static_lm: LMState
-                ) -> Tuple[ReadingState, LMState, WindowReport]:
-    """Read segments `position .. position + K - 1` of `streams`, adapting as it reads; step φ on the window's
-    mean loss (unless a gradient or a stream is non-finite: then nothing steps and those streams restart from
-    θ0); detach. `static_lm` is the static model's own reading state on the same streams (for the improvement)."""
-    mc, model = ml.meta, ml.model
-    device = next(model.parameters()).device
-    model.train()  # stage 2 reads with stage 1's dropout
-    theta0 = static_weights(model, ml.names)
-    losses: List[Tensor] = []
-    static_losses: List[Tensor] = []
-    diag: Dict[str, Tensor] = {}
-    for k in range(mc.window):
-        batch = streams.batch(position + k)
-        x, y, new = batch.x.to(device), batch.y.to(device), batch.new_article.to(device)
-        state = state.reset(new, theta0)
-        with torch.no_grad():
-            static_loss, static_lm = static_segment_loss(model, x, y, static_lm, new)
-            static_losses.append(static_loss)
-        seg_loss, _, state, diag = adapt_segment(
-            model, ml.learner, state, theta0, x, y, keep_graph=True,
-            second_order=mc.second_order, use_checkpoint=mc.checkpoint_segments,
-        )
-        losses.append(seg_loss)
-    per_stream = torch.stack(losses).mean(0)  # [b]
-    total = per_stream.mean()
-    if mc.train_static and mc.ewc > 0:
-        total = total + _ewc_penalty(model, ml.anchor, ml.stats.v, mc.ewc)
-    ml.optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    params = [p for g in ml.optimizer.param_groups for p in g["params"]]
-    _sync_grads(params)
-    grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)  # same on all ranks
-    streams_ok = finite_streams(state.fast) & torch.isfinite(per_stream.detach())
-    # One all-reduce for the decision (every rank skips or steps together) and the logged means.
-    finite_meta = per_stream.detach()[streams_ok]
-    n_bad, meta_sum, meta_count, static_sum = dist.sum_floats(
-        int((~streams_ok).sum()), float(finite_meta.sum()), finite_meta.numel(),
-        float(torch.stack(static_losses).mean()),
-    )
-    skipped = 0
-    if grads_ok and n_bad == 0:
-        torch.nn.utils.clip_grad_norm_(params, mc.clip)
-        ml.optimizer.step()
-    else:
-        skipped = int(n_bad) or 1
-    state = state.detach().reset(~streams_ok, static_weights(model, ml.names)) if skipped else state.detach()
-    report = WindowReport(
-        meta_loss=meta_sum / meta_count if meta_count else math.nan, static_loss=static_sum / dist.world_size(),
-        skipped=skipped, reset_streams=int(n_bad), tokens=mc.window * x.numel() * dist.world_size(),
-        diag={k: float(v) for k, v in diag.items()},
-    )
-    return state, static_lm, report
-
-
 def next_window(ml: MetaLearning, streams: MetaStreams, position: int, state: ReadingState, static_lm: LMState,
                 seed: int) -> Tuple[ReadingState, LMState, WindowReport]:
-    """One window of stage 2 with the estimator `meta.estimator` names. ES draws its directions from `seed` and
-    the position: the same on every rank, fresh at every window, the same again on resume."""
-    if ml.meta.estimator == "es":
-        return es_window(ml, streams, position, state, static_lm, seed * 1_000_003 + position)
-    return meta_window(ml, streams, position, state, static_lm)
+    """The window at `position` of a run seeded with `seed`. The window's seed (ES draws its directions from it)
+    is the run's and the position's: the same on every rank, fresh at every window, the same again on resume."""
+    return meta_window(ml, streams, position, state, static_lm, seed * 1_000_003 + position)
 
 
 def build_meta_learning(mc: DictConfig, rule: DictConfig, model: nn.Module, names: List[str], stats: GradStats
                         ) -> MetaLearning:
-    """The learned rule `rule` describes (at its initialisation), and Adam on φ (and on θ0 when
-    `meta.train_static`, as `mc` says); θ0 is trainable only then."""
+    """The learned rule `rule` describes (at its initialisation), its estimator, and Adam on φ and on the
+    parameters of θ0 the estimator trains (with `meta.train_static`: all of them); only those require gradients."""
     device = next(model.parameters()).device
     learner = build_rule(rule, names, stats).to(device)
+    estimator = build_estimator(mc)
     anchor = {n: p.detach().clone() for n, p in model.named_parameters()}  # θ0*, the stage-1 weights
-    for p in model.parameters():
-        p.requires_grad_(bool(mc.train_static))
+    static = estimator.static_parameters(model)
+    model.requires_grad_(False)
+    for p in static:
+        p.requires_grad_(True)
     groups = [{"params": list(learner.parameters()), "lr": mc.learner_lr}]
-    if mc.train_static:
-        groups.append({"params": list(model.parameters()), "lr": mc.static_lr})
-    return MetaLearning(mc, model, learner, torch.optim.Adam(groups), names, stats, anchor)
+    if static:
+        groups.append({"params": static, "lr": mc.static_lr})
+    return MetaLearning(mc, model, learner, torch.optim.Adam(groups), names, stats, anchor, estimator)
 
 
 def fresh_window_state(ml: MetaLearning, streams: int) -> Tuple[ReadingState, LMState]:
@@ -165,9 +92,6 @@ def meta_split(asked: Optional[str], held: int, resumed: Optional[Dict[str, Any]
             "data.meta_holdout_articles=N, or leave meta.split unset to meta-train on train."
         )
     return asked
-
-
-ESTIMATORS = ("bptt", "es")
 
 
 def check_estimator(mc: DictConfig) -> None:
@@ -231,7 +155,7 @@ class MetaTask:
         # Saved in global stream order (gathered from every rank): any number of ranks takes its own rows.
         saved = ReadingState.from_dict(ckpt["reading_state"], "cpu")
         if saved.batch_size == b:
-            self.state = ReadingState.from_dict(_map_tensors(ckpt["reading_state"], dist.shard_streams), device)
+            self.state = ReadingState.from_dict(ckpt["reading_state"], device, dist.shard_streams)
         else:
             dist.print0(f"the checkpoint's reading state has {saved.batch_size} streams, not meta.batch_size="
                         f"{b}: streams restart from θ0")
@@ -291,7 +215,7 @@ class MetaTask:
             "grad_stats": ml.stats.state_dict(),
             "meta_learner": {k: v.cpu() for k, v in ml.learner.state_dict().items()},
             "meta_optimizer": ml.optimizer.state_dict(),
-            "reading_state": _map_tensors(_state_dict(self.state), dist.gather_streams),
+            "reading_state": self.state.to_dict(dist.gather_streams),
             "static_lm": [(dist.gather_streams(h), dist.gather_streams(c)) for h, c in self.static_lm],
         }
 
@@ -299,31 +223,10 @@ class MetaTask:
         return {"step": progress.step, f"valid/{LEARNED}/loss": valid_loss, f"valid/{LEARNED}/ppl": math.exp(valid_loss)}
 
 
-def _state_dict(state: ReadingState) -> dict:
-    """The reading state's tensors on their device (contiguous), in the layout of `ReadingState.to_cpu`."""
-    return {
-        "lm": [(h.detach(), c.detach()) for h, c in state.lm],
-        "fast": {n: t.detach().contiguous() for n, t in state.fast.items()},
-        # a learner state still at its shared initial value `[1, ...]` (per coordinate or per stream) is expanded
-        # to one row per stream: the checkpoint gathers and shards every tensor by its rows
-        "learner": {n: t.expand(state.batch_size, *t.shape[1:]).detach().contiguous()
-                    for n, t in state.learner.items()},
-    }
-
-
-def _map_tensors(d: dict, fn) -> dict:
-    """Apply `fn` to every per-stream tensor of a reading-state dict."""
-    return {
-        "lm": [(fn(h), fn(c)) for h, c in d["lm"]],
-        "fast": {n: fn(t) for n, t in d["fast"].items()},
-        "learner": {n: fn(t) for n, t in d["learner"].items()},
-    }
-
-
 def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowHook] = None) -> Dict[str, float]:
     """`on_window(state, step)` may replace the reading state before each window (fault injection in tests)."""
     return run(cfg, run_dir, lambda c, device, resumed, path: MetaTask(c, device, resumed, path, on_window))
 
 
-__all__ = ["ESTIMATORS", "MetaLearning", "MetaTask", "WindowReport", "build_meta_learning", "check_estimator",
-           "fresh_window_state", "meta_split", "meta_window", "next_window", "train_meta"]
+__all__ = ["MetaTask", "build_meta_learning", "check_estimator", "fresh_window_state", "meta_split", "next_window",
+           "train_meta"]

@@ -1,0 +1,54 @@
+"""Truncated meta-BPTT (`meta.estimator=bptt`, docs/design.md §4): backpropagate the window's mean loss through
+its K segments' reads and updates to φ (and, with `meta.train_static`, to θ0 under the EWC penalty). The window
+then detaches the reading state: the truncation that keeps memory flat however long an article is."""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from .. import dist
+from .estimator_base import Estimator
+from .window_reading import ReadWindow, SegmentReading, WindowRead
+
+
+def _ewc_penalty(model, anchor: Dict[str, Tensor], fisher: Dict[str, Tensor], lam: float):
+    total = None
+    for n, p in model.named_parameters():
+        if n in fisher:
+            term = (fisher[n] * (p - anchor[n]).pow(2)).sum()
+            total = term if total is None else total + term
+    return lam * total
+
+
+def _sync_grads(params) -> None:
+    """Average meta-gradients over ranks (each rank reads different streams)."""
+    if not dist.is_distributed():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce_sum(p.grad)
+            p.grad.div_(dist.world_size())
+
+
+class TruncatedBPTT(Estimator):
+    def __init__(self, mc: DictConfig):
+        self.reading = SegmentReading(keep_graph=True, second_order=bool(mc.second_order),
+                                      checkpoint=bool(mc.checkpoint_segments))
+        self.train_static, self.ewc = bool(mc.train_static), float(mc.ewc)
+
+    def static_parameters(self, model: nn.Module) -> List[nn.Parameter]:
+        return list(model.parameters()) if self.train_static else []
+
+    def estimate(self, ml, read: ReadWindow, seed: int) -> Tuple[WindowRead, Dict[str, float]]:
+        window = read(True)
+        total = window.per_stream.mean()
+        if self.train_static and self.ewc > 0:
+            total = total + _ewc_penalty(ml.model, ml.anchor, ml.stats.v, self.ewc)
+        total.backward()
+        _sync_grads(ml.trained_parameters)
+        return window, {}
+
+
+__all__ = ["TruncatedBPTT"]
