@@ -10,7 +10,8 @@ from dynlm.dynamic.grad_stats import GradStats
 from dynlm.dynamic.reading_state import fresh_state
 from dynlm.dynamic.rules import DynEvalRule, GatedMetaLearner
 from dynlm.dynamic.segment import adapt_segment
-from dynlm.model import AWDLSTM, static_weights
+from dynlm.config import ModelConfig
+from dynlm.model import AWDLSTM, build_model, static_weights
 
 VOCAB = 23
 
@@ -18,7 +19,8 @@ VOCAB = 23
 def tiny_model(dtype=torch.float32, seed=0, dropout=False) -> AWDLSTM:
     torch.manual_seed(seed)
     p = 0.1 if dropout else 0.0
-    m = AWDLSTM(VOCAB, 6, 8, 2, dropout=p, dropouth=p, dropouti=p, dropoute=0.0, wdrop=p)
+    m = build_model(ModelConfig(emb_size=6, hidden_size=8, num_layers=2, dropout=p, dropouth=p, dropouti=p, dropoute=0.0,
+                                wdrop=p), VOCAB)
     return m.to(dtype)
 
 
@@ -35,11 +37,15 @@ def tokens(num_segments: int, seg_len: int, batch: int, seed=0) -> List[torch.Te
     return [stream[s * seg_len : (s + 1) * seg_len + 1] for s in range(num_segments)]
 
 
+# The gated learner of these tests: Krause's rule at steps large enough to move a tiny model in a few segments.
+GATED = dict(lr=0.002, lam=0.02, eps=0.001, update=0.5, hidden=16, tensor_emb=4, momentum=False, momentum_init=0.5)
+
+
 def setup(dtype=torch.float32, dynamic=("layers.*",), **learner_kwargs):
     model = tiny_model(dtype)
     names = select_dynamic(model, dynamic)
     stats = random_stats(model, names)
-    learner = GatedMetaLearner(names, stats, **learner_kwargs).to(dtype)
+    learner = GatedMetaLearner(names, stats, **{**GATED, **learner_kwargs}).to(dtype)
     return model, names, stats, learner
 
 

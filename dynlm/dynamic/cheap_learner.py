@@ -81,7 +81,8 @@ class ContextRule(StatsRule):
 
     takes_factored_gradients = True
 
-    def __init__(self, names, stats, lr: float = 0.002, lam: float = 0.02, eps: float = 0.001, update: float = 0.5):
+    # no defaults: the config (`MetaConfig`, through `rules.build_rule`) is their one source
+    def __init__(self, names, stats, *, lr: float, lam: float, eps: float, update: float):
         super().__init__(names, stats, lr, lam, eps, update)
         n = len(self.names)
         # [2, tensors, features]: row 0 the log step scale, row 1 the log decay scale; zero = dynamic evaluation

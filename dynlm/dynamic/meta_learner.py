@@ -39,15 +39,16 @@ class GatedMetaLearner(StatsRule):
         self,
         names: Sequence[str],
         stats: GradStats,
-        lr: float = 0.002,
-        lam: float = 0.02,
-        eps: float = 0.001,
-        update: float = 0.5,
-        hidden: int = 16,
-        tensor_emb: int = 4,
-        momentum: bool = False,
-        momentum_init: float = 0.5,
-    ):
+        *,
+        lr: float,
+        lam: float,
+        eps: float,
+        update: float,
+        hidden: int,
+        tensor_emb: int,
+        momentum: bool,
+        momentum_init: float,
+    ):  # no defaults: the config (`MetaConfig`, through `rules.build_rule`) is their one source
         super().__init__(names, stats, lr, lam, eps, update)
         self.momentum = momentum
         # α_k = η / u_k: the UPDATE gate of Krause's rule as gates is per tensor (`krause_gate_logits`)
