@@ -2,9 +2,11 @@
 """Train the static LM (`stage=lm`, default) or the meta-learner (`stage=meta`).
 
     python scripts/train.py model=small data.dir=../shared/data/wikitext-2
+    python scripts/train.py +experiment=small_adam_lm data.dir=../shared/data/wikitext-2   (a recipe: conf/experiment/)
     python scripts/train.py stage=meta meta.lm_checkpoint=runs/lm/.../checkpoints/best.pt ...
 """
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,5 +29,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     with user_errors():
-        check_overrides(sys.argv[1:], Config)
+        check_overrides(sys.argv[1:], Config, Path(__file__).resolve().parents[1] / "conf")
     main()

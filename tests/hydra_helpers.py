@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 from hydra import compose, initialize_config_dir
+from hydra.core.default_element import ConfigDefault
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.object_type import ObjectType
 from omegaconf import DictConfig
@@ -31,8 +32,10 @@ def group_options(schema_nodes: bool = False) -> List[Tuple[str, str]]:
         loader = GlobalHydra.instance().config_loader()
         found = [(g, o) for g in loader.get_group_options("", results_filter=ObjectType.GROUP) if g != "hydra"
                  for o in loader.get_group_options(g, results_filter=ObjectType.CONFIG)]
+        # an option's plain entries (`- base_model`) name configs of its own group; group entries (`override
+        # /model: small`) choose options
         extended = {(g, d.path) for g, o in found for d in loader.repository.load_config(f"{g}/{o}").defaults_list
-                    if d.path is not None}
+                    if isinstance(d, ConfigDefault) and d.path is not None}
     return [(g, o) for g, o in found if schema_nodes or (g, o) not in extended]
 
 

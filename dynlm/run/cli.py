@@ -17,7 +17,8 @@ import textwrap
 import tokenize
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
-from typing import Any, Dict, Iterator, List, Tuple, get_type_hints
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple, get_type_hints
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -84,10 +85,11 @@ def _raise_unknown(keys: List[str], schema) -> None:
                           f"`python {script} --help` lists every key.")
 
 
-def check_overrides(args: List[str], schema) -> None:
+def check_overrides(args: List[str], schema, conf_dir: Optional[Path] = None) -> None:
     """Before Hydra starts (and makes a run folder): every `key=value`, `+key=value` and `++key=value` names a
-    key of `schema`. Hydra rejects an unknown plain key too, but names no close key and suggests `+key=value`,
-    which its struct check lets through (`check_config` would stop it later)."""
+    key of `schema`, or a config group of `conf_dir` (`+experiment=...`, whose options set keys of the schema).
+    Hydra rejects an unknown plain key too, but names no close key and suggests `+key=value`, which its struct
+    check lets through (`check_config` would stop it later)."""
     keys = []
     for arg in args:
         if arg.startswith("-") or "=" not in arg:  # flags (--cfg job, -m) and their values
@@ -97,7 +99,8 @@ def check_overrides(args: List[str], schema) -> None:
         if key and not key.startswith("~") and "/" not in key and "@" not in key and key.split(".")[0] != "hydra":
             keys.append(key)
     known = set(_dotted(_schema_tree(schema)))
-    _raise_unknown([k for k in keys if k not in known], schema)
+    _raise_unknown([k for k in keys if k not in known and not (conf_dir is not None and (conf_dir / k).is_dir())],
+                   schema)
 
 
 def check_config(cfg: DictConfig, schema) -> None:
