@@ -24,7 +24,7 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
         "GRID_LAM": "0.003,0.01",
         "GRID_ARTICLES": "1", "VALID_ARTICLES": "2", "TEST_ARTICLES": "1",
         "LM_ARGS": "data.bptt=20 trainer.device=cpu trainer.eval_interval=2",
-        "META_STEPS": "2", "META_ARGS": "meta.window=2 meta.valid_max_tokens=300 trainer.device=cpu",
+        "META_STEPS": "2", "META_ARGS": "meta.window=2 meta.batch_size=1 meta.valid_max_tokens=300 trainer.device=cpu",
         "EVAL_ARGS": "eval.gradstat_tokens=500",
     }
     proc = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, env=env, capture_output=True, text=True,
