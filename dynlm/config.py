@@ -188,6 +188,8 @@ ONLY_WITH = {
     "meta.hidden": ("name", "gated"), "meta.tensor_emb": ("name", "gated"), "meta.momentum": ("name", "gated"),
     "meta.momentum_init": ("name", "gated"), "meta.es_sigma": ("estimator", "es"),
     "meta.es_pairs": ("estimator", "es"), "meta.static_lr": ("train_static", True), "meta.ewc": ("train_static", True),
+    # ES reads its windows without a graph: there are no activations to recompute
+    "meta.checkpoint_segments": ("estimator", "bptt"),
 }
 
 
