@@ -19,8 +19,8 @@ VOCAB = 23
 def tiny_model(dtype=torch.float32, seed=0, dropout=False) -> AWDLSTM:
     torch.manual_seed(seed)
     p = 0.1 if dropout else 0.0
-    m = build_model(ModelConfig(emb_size=6, hidden_size=8, num_layers=2, dropout=p, dropouth=p, dropouti=p, dropoute=0.0,
-                                wdrop=p), VOCAB)
+    sizes = ModelConfig(emb_size=6, hidden_size=8, num_layers=2, dropout=p, dropouth=p, dropouti=p, dropoute=0.0, wdrop=p)
+    m = build_model(sizes, VOCAB)
     return m.to(dtype)
 
 
