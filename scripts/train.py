@@ -2,6 +2,7 @@
 """Train the static LM (`stage=lm`, default) or the meta-learner (`stage=meta`).
 
     python scripts/train.py model=small data.dir=../shared/data/wikitext-2
+    python scripts/train.py +experiment=small_adam_lm data.dir=../shared/data/wikitext-2   (a recipe: conf/experiment/)
     python scripts/train.py stage=meta rule=cheap meta.lm_checkpoint=runs/lm/.../checkpoints/best.pt ...
 """
 import sys

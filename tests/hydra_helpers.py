@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import List, Sequence, Tuple
 
 from hydra import compose, initialize_config_dir
+from hydra.core.default_element import ConfigDefault
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.object_type import ObjectType
 from omegaconf import DictConfig
 
 from dynlm.config import register_configs
 from dynlm.dynamic import rules  # noqa: F401 - registers the rules' config nodes (conf/rule/)
+from dynlm.eval.config import register_eval_configs
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -18,6 +22,22 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+def group_options(schema_nodes: bool = False) -> List[Tuple[str, str]]:
+    """Every `(group, option)` of conf/ and the ConfigStore, Hydra's own groups aside, found as Hydra finds them.
+    A schema node (a ConfigStore node that its group's options extend: `base_model`) counts only with
+    `schema_nodes`."""
+    register_eval_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        found = [(g, o) for g in loader.get_group_options("", results_filter=ObjectType.GROUP) if g != "hydra"
+                 for o in loader.get_group_options(g, results_filter=ObjectType.CONFIG)]
+        # an option's plain entries (`- base_model`) name configs of its own group; group entries (`override
+        # /model: small`) choose options
+        extended = {(g, d.path) for g, o in found for d in loader.repository.load_config(f"{g}/{o}").defaults_list
+                    if isinstance(d, ConfigDefault) and d.path is not None}
+    return [(g, o) for g, o in found if schema_nodes or (g, o) not in extended]
 
 
 def tiny_lm_overrides(data_dir, **extra) -> list:

@@ -3,12 +3,12 @@ import pytest
 
 from hydra.errors import ConfigCompositionException as HydraCompositionError
 
-from hydra_helpers import CONF_DIR, compose_config
+from hydra_helpers import compose_config, group_options
 
-GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in CONF_DIR.iterdir() if g.is_dir()}
+SECTIONS = compose_config([]).keys()
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+@pytest.mark.parametrize("group,option", [(g, o) for g, o in group_options() if g in SECTIONS])
 def test_every_config_option_composes(group, option):
     cfg = compose_config([f"{group}={option}"])
     assert cfg[group] is not None

@@ -14,7 +14,8 @@ from dynlm.dynamic.segment import _gradients_factored, adapt_segment, segment_lo
 from dynlm.maths.krause import krause_step
 from dynlm.kernels import factored_gradient
 from dynlm.kernels.factored_gradient import FactoredGradient, FactoredStep, TableGradient
-from dynlm.model import AWDLSTM, static_weights, token_nll
+from dynlm.config import ModelConfig
+from dynlm.model import AWDLSTM, build_model, static_weights, token_nll
 
 from dynamic_helpers import VOCAB, random_stats, tiny_model
 
@@ -83,7 +84,8 @@ def test_a_weight_read_beyond_the_recurrence_is_refused():
             out = super().forward(tokens, state, detach_decoder_table, factors)
             return out._replace(logits=out.logits + self.layers[0].weight_ih.mean())
 
-    model = Peeking(VOCAB, 6, 8, 2).double().eval()
+    sizes = dict(emb_size=6, hidden_size=8, num_layers=2, init_range=0.1)
+    model = Peeking(VOCAB, **sizes, dropout=0.0, dropouth=0.0, dropouti=0.0, dropoute=0.0, wdrop=0.0).double().eval()
     names = select_dynamic(model, ["layers.*"])
     fast = {n: t.detach().unsqueeze(0).repeat(2, *([1] * t.dim())).requires_grad_()
             for n, t in static_weights(model, names).items()}
@@ -166,7 +168,8 @@ def test_the_factored_gradient_in_training_mode_with_long_padded_segments(kind):
     factored path serves them too; segments of more than the skinny decoder's 8 rows take the einsum decoder,
     and a stream whose segment is cut short is padded."""
     torch.manual_seed(0)
-    model = AWDLSTM(VOCAB, 6, 8, 2, dropout=0.1, dropouth=0.1, dropouti=0.1, dropoute=0.1, wdrop=0.1)
+    model = build_model(ModelConfig(emb_size=6, hidden_size=8, num_layers=2, dropout=0.1, dropouth=0.1, dropouti=0.1,
+                                    dropoute=0.1, wdrop=0.1), VOCAB)
     model = model.double().train()
     names = select_dynamic(model, ["*"])
     fast_rule, dense_rule = _rule_pair(kind, names, random_stats(model, names))

@@ -3,10 +3,15 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from dynlm.config import ModelConfig
 from dynlm.maths.lstm import lstm_layer_reference
-from dynlm.model import AWDLSTM, lstm_layer, token_nll
+from dynlm.model import AWDLSTM, build_model, lstm_layer, token_nll
 from dynlm.model.dropout import drop_connect, locked_dropout
 
+
+def small_lm(vocab_size: int, **settings) -> AWDLSTM:
+    """An AWD-LSTM of 8/12 units in 2 layers, its other settings the config's defaults."""
+    return build_model(ModelConfig(emb_size=8, hidden_size=12, num_layers=2, **settings), vocab_size)
 
 def _nn_lstm(i=5, h=6, seed=0):
     torch.manual_seed(seed)
@@ -46,7 +51,7 @@ def test_per_stream_weights_equal_shared_when_identical_and_differ_when_not():
 
 
 def test_tied_embedding_is_one_parameter_and_padding_idx_is_not_minus_one():
-    m = AWDLSTM(50, 8, 12, 2)
+    m = small_lm(50)
     names = [n for n, _ in m.named_parameters()]
     assert names.count("embedding.weight") == 1
     assert not any("decoder.weight" in n for n in names)
@@ -64,7 +69,7 @@ def test_tied_embedding_is_one_parameter_and_padding_idx_is_not_minus_one():
 
 def test_per_stream_embedding_changes_both_ends():
     torch.manual_seed(0)
-    m = AWDLSTM(30, 8, 12, 2).eval()
+    m = small_lm(30).eval()
     x = torch.tensor([[5, 5], [1, 1], [2, 2]])
     table = m.embedding.weight.detach()
     fast = table.unsqueeze(0).repeat(2, 1, 1)
@@ -92,7 +97,7 @@ def test_dropout_is_off_in_eval_and_locked_over_time():
 def test_static_weights_untouched_by_forward_and_no_data_writes():
     """Weight dropout and embedding dropout must draw masked copies: the original AWD-LSTM's WeightDrop wrote
     the dropped weights into the parameters. Any in-place write bumps a tensor's version counter."""
-    m = AWDLSTM(40, 8, 12, 2, wdrop=0.5, dropoute=0.2).train()
+    m = small_lm(40, wdrop=0.5, dropoute=0.2).train()
     before = {n: (p.detach().clone(), p._version) for n, p in m.named_parameters()}
     out = m(torch.randint(0, 40, (5, 2)), m.init_state(2))
     token_nll(out.logits, torch.randint(0, 40, (5, 2))).mean().backward()

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,7 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
         "GRID_LAM": "0.003,0.01",
         "GRID_ARTICLES": "1", "VALID_ARTICLES": "2", "TEST_ARTICLES": "1",
         "LM_ARGS": "data.bptt=20 trainer.device=cpu trainer.eval_interval=2",
+        "META_STEPS": "2", "META_ARGS": "meta.window=2 meta.batch_size=1 meta.valid_max_tokens=300 trainer.device=cpu",
         "EVAL_ARGS": "eval.gradstat_tokens=500",
     }
     proc = subprocess.run(["bash", "scripts/reproduce_small.sh"], cwd=REPO, env=env, capture_output=True, text=True,
@@ -53,6 +55,20 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
             assert (tuned["dyneval"]["eta"], tuned["dyneval"]["lam"]) == (best["dyneval"]["eta"], best["dyneval"]["lam"])
             assert tuned["dyneval"]["adapted"] == names
             assert f"first {tuned['num_articles']} articles ({tuned['num_tokens']} tokens)" in proc.stdout
+        if lstm_only:
+            lstm_best = (best["dyneval"]["lr"], best["dyneval"]["lam"])
+    # the learned row: stage 2 of the small_cheap_es recipe from the LSTM weights' tuned dyneval, by step count
+    meta_run = out / "meta"
+    assert max(json.loads(x)["step"] for x in (meta_run / "metrics.jsonl").read_text().splitlines()) == 2
+    meta = yaml.safe_load((meta_run / "config.yaml").read_text())["meta"]
+    chosen = (meta["name"], meta["estimator"], meta["dynamic"], meta["lm_checkpoint"])
+    assert chosen == ("cheap", "es", ["layers.*"], ckpt)
+    assert (meta["lr"], meta["lam"]) == lstm_best
+    for split in ("valid", "test"):
+        learned = json.loads((out / f"learned-{split}" / "results.json").read_text())
+        assert list(learned["methods"]) == ["static", "dyneval", "meta"]
+        assert learned["num_articles"] == {"valid": 2, "test": 1}[split]
+    assert proc.stdout.count("the learned rule (meta=cheap, ES, LSTM weights)") == 2
 
 
 def test_reproduce_script_stops_on_a_failed_step(tmp_path):

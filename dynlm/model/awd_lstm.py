@@ -69,18 +69,21 @@ def decode(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 class AWDLSTM(nn.Module):
     TIED_TABLE = "embedding.weight"  # the one parameter both the lookup and the decoder read
 
+    # No defaults: the sizes and dropouts come from the config (`ModelConfig`, through `build_model`), their one
+    # source.
     def __init__(
         self,
         vocab_size: int,
-        emb_size: int = 400,
-        hidden_size: int = 1150,
-        num_layers: int = 3,
-        dropout: float = 0.4,
-        dropouth: float = 0.25,
-        dropouti: float = 0.4,
-        dropoute: float = 0.1,
-        wdrop: float = 0.5,
-        init_range: float = 0.1,
+        *,
+        emb_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        dropouth: float,
+        dropouti: float,
+        dropoute: float,
+        wdrop: float,
+        init_range: float,
     ):
         super().__init__()
         self.vocab_size = vocab_size

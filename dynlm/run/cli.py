@@ -131,7 +131,8 @@ def check_overrides(args: List[str], schema, group_schemas: Optional[Mapping[str
                                       + " and ".join(f"{group}={o}" for o in owners) + f"; remove it, or choose "
                                       f"{group}={owners[0]}")
     known = set(_dotted(tree))
-    _raise_unknown([k for k in keys if k not in known], tree)
+    groups = config_file.parent if config_file is not None else None  # `+experiment=...` sets keys of the schema
+    _raise_unknown([k for k in keys if k not in known and not (groups is not None and (groups / k).is_dir())], tree)
 
 
 def _composed_tree(cfg: DictConfig, schema) -> Dict[str, Any]:
