@@ -5,6 +5,7 @@
     python scripts/train.py stage=meta meta.lm_checkpoint=runs/lm/.../checkpoints/best.pt ...
 """
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,6 +16,8 @@ from dynlm.run.cli import check_config, check_overrides, register_help, user_err
 from dynlm.train import train
 
 register_configs()
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # config_path below
+
 register_help(Config, __doc__)
 
 
@@ -27,5 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     with user_errors():
-        check_overrides(sys.argv[1:], Config)
+        check_overrides(sys.argv[1:], Config, CONF_DIR)
     main()

@@ -1,8 +1,11 @@
 """The scripts' command line (scripts/train.py, scripts/evaluate.py).
 
-- An unknown config key fails before any work, with the closest known key, however it was given.
+- An unknown config key, a group option that is not one of the group's YAML files, a value of the wrong type and
+  a run folder that cannot be written fail before any work, each with one line naming the closest choice or fix.
 - dynlm's own errors (`DynlmError`: config, data, checkpoint, run folder) print as one line and exit 1; their
   traceback says nothing more to a user. `HYDRA_FULL_ERROR=1` shows it, as it does for Hydra's own errors.
+  Under torchrun the line is printed once for the job, and its restarts stop at once (`dist.claim_user_error`).
+- Ctrl-C prints one line (what was saved, how to resume: `scaffold.TrainingInterrupted`) and exits 130.
 - `--help` is generated from the schema and its field comments, so it lists what the script takes.
 """
 from __future__ import annotations
@@ -17,31 +20,59 @@ import textwrap
 import tokenize
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple, get_type_hints
 
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, ListConfig, OmegaConf, StringNode
+from omegaconf.errors import OmegaConfBaseException
 
+from .. import dist
 from ..config import DynlmError
+from .groups import check_option, composed_config_dirs, config_dirs, find_group, group_options, is_global_group
+from .setup import check_writable
 
 
 class UnknownKeyError(DynlmError, ValueError):
     """A config key the script's schema does not have."""
 
 
+INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
+# Ctrl-C outside a training loop (which says what it saved: `scaffold.TrainingInterrupted`)
+NOTHING_SAVED = "interrupted (Ctrl-C) before any checkpoint or result was saved: run the same command again"
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Print a `DynlmError` as one line and exit 1; anything else (a bug) keeps its traceback."""
+    """Print a `DynlmError` as one line and exit 1, Ctrl-C as one line and exit 130; anything else (a bug) keeps
+    its traceback. A restart of a torchrun job that an earlier attempt stopped on a user error stops at once: it
+    would only fail the same way."""
+    stopped = dist.user_error_of_job()
+    if stopped is not None:
+        dist.tell_torchrun(stopped)
+        sys.exit(1)
     try:
         yield
     except DynlmError as e:
         # in a sweep (-m), Hydra runs the other jobs first, then reports the first failure: leave it that way
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_sweep():
             raise
-        print(f"error: {e}", file=sys.stderr)
+        line = f"error: {e}"
+        if dist.claim_user_error(line):
+            print(line, file=sys.stderr)
+        dist.tell_torchrun(line)
         sys.exit(1)
+    except KeyboardInterrupt as e:  # a sweep stops too: no other job starts
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        line = f"error: {e or NOTHING_SAVED}"
+        if os.environ.get("RANK", "0") == "0":  # every rank of a torchrun job gets the Ctrl-C
+            print(line, file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 def _in_sweep() -> bool:
@@ -84,25 +115,95 @@ def _raise_unknown(keys: List[str], schema) -> None:
                           f"`python {script} --help` lists every key.")
 
 
-def check_overrides(args: List[str], schema) -> None:
-    """Before Hydra starts (and makes a run folder): every `key=value`, `+key=value` and `++key=value` names a
-    key of `schema`. Hydra rejects an unknown plain key too, but names no close key and suggests `+key=value`,
-    which its struct check lets through (`check_config` would stop it later)."""
-    keys = []
+class OverrideError(DynlmError, ValueError):
+    """A command-line override that cannot be read, or whose value the key's type does not take."""
+
+
+def _overrides(args: List[str]) -> List[Tuple[str, Override]]:
+    """(as given, parsed) for each `key=value`, `+key=value`, `++key=value`, `~key` among the arguments."""
+    parser, out = OverridesParser.create(), []
     for arg in args:
-        if arg.startswith("-") or "=" not in arg:  # flags (--cfg job, -m) and their values
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # flags (--cfg job, -m), values
             continue
-        key = arg.split("=", 1)[0].lstrip("+")
-        # ~key deletes; group/option, @package and hydra.* are Hydra's own
-        if key and not key.startswith("~") and "/" not in key and "@" not in key and key.split(".")[0] != "hydra":
-            keys.append(key)
-    known = set(_dotted(_schema_tree(schema)))
-    _raise_unknown([k for k in keys if k not in known], schema)
+        try:
+            out.append((arg, parser.parse_override(arg)))
+        except HydraException as e:
+            raise OverrideError(f"cannot read {arg!r} ({e}): write KEY=VALUE, with quotes around a value that has "
+                                "spaces or special characters") from None
+    return out
+
+
+def _values(override: Override) -> List[Any]:
+    """The values an override sets: one, or each of a choice or range sweep (-m); none known for other sweeps."""
+    if not override.is_sweep_override():
+        return [override.value()]
+    if override.is_choice_sweep() or override.is_range_sweep():
+        return list(override.sweep_iterator())
+    return []
+
+
+_KINDS = {IntegerNode: "an integer", FloatNode: "a number", BooleanNode: "true or false", StringNode: "a string",
+          ListConfig: "a list ([a,b])", DictConfig: "a section of keys"}
+
+
+def _check_type(key: str, value: Any, config: DictConfig) -> None:
+    """`key=value` as Hydra applies it to the schema: one line naming the type the key takes, not Hydra's six."""
+    try:
+        OmegaConf.update(config, key, value, merge=True)
+    except OmegaConfBaseException:
+        node = config._get_node(key.split(".")[0])
+        for part in key.split(".")[1:]:
+            node = node._get_node(part)
+        kind = _KINDS.get(type(node), "another type")
+        raise OverrideError(f"{key}={_fmt(value)}: {key} takes {kind}{' or null' if node._is_optional() else ''}, "
+                            f"not {value!r}") from None
+
+
+def check_overrides(args: List[str], schema, conf_dir: Path) -> None:
+    """Before Hydra starts (and makes a run folder), one line for what Hydra would report in many, or not at all:
+    - every `key=value`, `+key=value` and `++key=value` names a key of `schema` (Hydra rejects an unknown plain key
+      too, but names no close key and suggests `+key=value`, which its struct check lets through);
+    - a group option is one of the YAML files of conf/<group>/ (or --config-dir's), not a schema node or a typo;
+    - a value has its key's type;
+    - the run folder given with hydra.run.dir can be written."""
+    dirs = config_dirs(args, conf_dir)
+    known, sections = set(_dotted(_schema_tree(schema))), set(_schema_tree(schema))
+    typed, unknown = OmegaConf.structured(schema), []
+    for arg, override in _overrides(args):
+        key = override.key_or_group
+        if key.split(".")[0] == "hydra" or key.startswith("hydra/"):  # Hydra's own
+            if key == "hydra.run.dir" and not override.is_sweep_override() and "${" not in str(override.value()):
+                check_writable(Path(str(override.value())))
+            continue
+        if override.is_delete():
+            continue
+        group = find_group(key, dirs)
+        if group is not None and (group.split("/")[0] in sections or is_global_group(group, dirs)):
+            for option in _values(override):
+                check_option(group, str(option), dirs)
+        elif key not in known:
+            unknown.append(key)
+        elif override.package is None:
+            for value in _values(override):
+                _check_type(key, value, typed)
+    _raise_unknown(unknown, schema)
+
+
+def check_chosen_options() -> None:
+    """Within a Hydra job: every group option it composed is one of the group's YAML files, however it was chosen
+    (the command line, a defaults list of one's own)."""
+    dirs = composed_config_dirs()
+    for group, option in HydraConfig.get().runtime.choices.items():
+        if option is not None and find_group(group, dirs) is not None:
+            check_option(group, option, dirs)
 
 
 def check_config(cfg: DictConfig, schema) -> None:
     """Every key of the composed config is in `schema`, however it got there (`+key=...` past the struct flag, a
-    config of one's own without the schema: --config-dir/--config-name): the run would ignore it."""
+    config of one's own without the schema: --config-dir/--config-name): the run would ignore it. Within a Hydra
+    job, its group options are checked too (`check_chosen_options`)."""
+    if HydraConfig.initialized():
+        check_chosen_options()
     _raise_unknown(_unknown(OmegaConf.to_container(cfg, resolve=False), _schema_tree(schema)), schema)
 
 
@@ -157,12 +258,12 @@ def _key_rows(schema, values: Dict[str, Any], prefix: str = "") -> Iterator[Tupl
 def help_text(schema, about: str, root: DictConfig) -> str:
     """The script's `--help`: its groups and their options, then every key with its value and comment."""
     script = sys.argv[0]
-    loader = GlobalHydra.instance().config_loader()
+    dirs = composed_config_dirs()
     out = [about.strip(), "", f"Usage: python {script} [GROUP=OPTION ...] [KEY=VALUE ...]", "",
            "Groups (an option sets several keys at once; * marks the current one):"]
     for group, chosen in sorted(root.hydra.runtime.choices.items()):
-        if not group.startswith("hydra/"):  # base_* are the schemas themselves (dynlm/config.py), not options
-            options = [o for o in loader.get_group_options(group) if not o.startswith("base_")]
+        if find_group(group, dirs) is not None:  # not Hydra's own
+            options = group_options(group, dirs)  # its YAML files: the schema nodes beside them are not options
             out.append(f"  {group}=" + "|".join(o + "*" * (o == chosen) for o in options))
     out += ["", "Keys (KEY=VALUE; the values shown are the current ones):"]
     values = OmegaConf.to_container(root, resolve=False)
@@ -183,5 +284,5 @@ def register_help(schema, about: str) -> None:
     OmegaConf.register_new_resolver("dynlm_help", resolve, replace=True)
 
 
-__all__ = ["UnknownKeyError", "check_config", "check_overrides", "field_docs", "help_text", "register_help",
-           "user_errors"]
+__all__ = ["INTERRUPTED", "OverrideError", "UnknownKeyError", "check_chosen_options", "check_config",
+           "check_overrides", "field_docs", "help_text", "register_help", "user_errors"]
