@@ -210,7 +210,9 @@ def tell_torchrun(message: str) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"message": message, "timestamp": int(time.time())}, f)
+            # the layout torch's own `record` writes; its summary shows py_callstack in place of a traceback
+            json.dump({"message": {"message": message, "extraInfo": {"py_callstack": message,
+                                                                     "timestamp": str(int(time.time()))}}}, f)
 
 
 # --- collectives (no-ops on one process) ---------------------------------------------------------------------
