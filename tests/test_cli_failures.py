@@ -65,6 +65,20 @@ def test_a_group_option_chosen_in_a_config_of_ones_own_is_checked_too(tmp_path):
     assert not (run / "config.yaml").exists()
 
 
+def test_a_new_group_is_checked_without_any_change_here(tmp_path):
+    """A global group (an experiment's options set keys anywhere) is a group of the train script too."""
+    from dynlm.config import Config, register_configs
+    from dynlm.run.cli import check_overrides
+    from dynlm.run.groups import GroupOptionError
+
+    register_configs()
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "small_wt2.yaml").write_text("# @package _global_\ntrainer:\n  max_steps: 5\n")
+    check_overrides(["+experiment=small_wt2"], Config, tmp_path)
+    with pytest.raises(GroupOptionError, match=r"did you mean experiment=small_wt2\?.*Choose one of: small_wt2"):
+        check_overrides(["+experiment=small_wt"], Config, tmp_path)
+
+
 # item 6: a value of the wrong type ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, says", [
@@ -151,6 +165,21 @@ def test_a_checkpoint_write_that_fails_on_the_folder_is_one_error_and_keeps_the_
 
 
 # item 5: Ctrl-C -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("during", ["set-up", "training"])
+def test_ctrl_c_exits_130_with_one_line(capsys, during):
+    from dynlm.run.cli import user_errors
+    from dynlm.run.scaffold import TrainingInterrupted
+
+    raised = KeyboardInterrupt() if during == "set-up" else TrainingInterrupted("interrupted (Ctrl-C) at step 3")
+    with pytest.raises(SystemExit) as exit_:
+        with user_errors():
+            raise raised
+    assert exit_.value.code == 130
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert line == ("error: interrupted (Ctrl-C) at step 3" if during == "training" else
+                    "error: interrupted (Ctrl-C) before any checkpoint or result was saved: run the same command again")
+
 
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_with_the_resume_command_and_the_run_resumes(toy_data_dir, tmp_path):

@@ -69,7 +69,7 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt as e:  # a sweep stops too: no other job starts
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        line = f"error: {e or NOTHING_SAVED}"
+        line = f"error: {str(e) or NOTHING_SAVED}"
         if os.environ.get("RANK", "0") == "0":  # every rank of a torchrun job gets the Ctrl-C
             print(line, file=sys.stderr)
         sys.exit(INTERRUPTED)

@@ -112,7 +112,8 @@ def unwritable(run_dir: Path) -> Optional[str]:
         return None
     parent = next(p for p in run_dir.absolute().parents if p.exists())  # the root always exists
     if not _writable_dir(parent):
-        return f"the run folder {run_dir} cannot be created: {parent} is {'not writable' if parent.is_dir() else 'a file'}"
+        what = "not writable" if parent.is_dir() else "a file"
+        return f"the run folder {run_dir} cannot be created: {parent} is {what}"
     return None
 
 
