@@ -6,9 +6,11 @@ run and a `torchrun` run share one code path.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
@@ -127,17 +129,25 @@ def init_distributed(backend: Optional[str] = None) -> bool:
     return True
 
 
+def _agent_store(timeout_s: Optional[float] = None):
+    """The job-wide store that torchrun's agent keeps across restarts (None when workers do not share it)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+
+    from torch.distributed.constants import default_pg_timeout
+
+    timeout = default_pg_timeout if timeout_s is None else timedelta(seconds=timeout_s)
+    return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+                         is_master=False, timeout=timeout)
+
+
 def _attempt_store():
     """torchrun's agent keeps one TCP store for the whole job, across restarts, and workers join it without a
     per-attempt prefix: a restarted attempt would read the failed attempt's keys (the dead ranks' gloo/NCCL
     addresses: "Connection refused") and fail. Each attempt gets its own key prefix instead."""
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return None
-    from torch.distributed.constants import default_pg_timeout
-
-    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                           int(os.environ["WORLD_SIZE"]), is_master=False, timeout=default_pg_timeout)
-    return dist.PrefixStore(f"dynlm/attempt_{restart_count()}/", client)
+    client = _agent_store()
+    return None if client is None else dist.PrefixStore(f"dynlm/attempt_{restart_count()}/", client)
 
 
 def destroy() -> None:
@@ -155,6 +165,54 @@ def inject_failure(fail_at_step: Optional[int], step: int) -> None:
     on the first attempt only, so the restarted job can finish."""
     if fail_at_step is not None and step == fail_at_step and restart_count() == 0 and rank() == world_size() - 1:
         raise RuntimeError(f"injected failure on rank {rank()} at step {step} (trainer.fail_at_step)")
+
+
+# --- a user error stops the whole torchrun job ----------------------------------------------------------------
+# torchrun restarts a failed job whatever its exit status (torch.distributed.elastic has no status it does not
+# retry), and every attempt would fail on the same config or data error: the first attempt records it in the
+# agent's store, which outlives the attempts, and the restarts find it there and stop at once.
+
+_USER_ERROR = "dynlm/user_error"
+
+
+def claim_user_error(message: str) -> bool:
+    """Record `message` as the user error that stops this torchrun job. True for the one process of the job that
+    prints it (every rank usually hits the same error); outside torchrun, True."""
+    if not launched_by_torchrun():
+        return True
+    try:
+        store = _agent_store(timeout_s=10)
+        if store is not None:
+            first = store.add(_USER_ERROR + "_count", 1) == 1
+            if first:
+                store.set(_USER_ERROR, message)
+            return first
+    except RuntimeError:  # the agent's store is gone: rank 0 speaks for the job
+        pass
+    return os.environ.get("RANK", "0") == "0"
+
+
+def user_error_of_job() -> Optional[str]:
+    """On a restart of a torchrun job: the user error that stopped an earlier attempt (None if none did)."""
+    if restart_count() == 0:
+        return None
+    try:
+        store = _agent_store(timeout_s=10)
+        if store is not None and store.check([_USER_ERROR]):
+            return store.get(_USER_ERROR).decode("utf-8")
+    except RuntimeError:
+        pass
+    return None
+
+
+def tell_torchrun(message: str) -> None:
+    """Show `message` in torchrun's failure summary (its per-worker error file) instead of a link to its docs."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            # the layout torch's own `record` writes; its summary shows py_callstack in place of a traceback
+            json.dump({"message": {"message": message, "extraInfo": {"py_callstack": message,
+                                                                     "timestamp": str(int(time.time()))}}}, f)
 
 
 # --- collectives (no-ops on one process) ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ Writes results.json, per_article.csv, token_losses.npz, PNG plots and HTML pages
 (runs/eval/<date>_<time> unless hydra.run.dir= is given). Every key: `python scripts/evaluate.py --cfg job`.
 """
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +19,8 @@ from dynlm.eval.evaluate import evaluate
 from dynlm.run.cli import check_config, check_overrides, register_help, user_errors
 
 register_eval_configs()
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # config_path below
+
 register_help(EvalRunConfig, __doc__)
 
 
@@ -30,5 +33,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     with user_errors():
-        check_overrides(sys.argv[1:], EvalRunConfig)
+        check_overrides(sys.argv[1:], EvalRunConfig, CONF_DIR)
     main()

@@ -18,6 +18,8 @@ from dynlm.run.cli import check_config, check_overrides, register_help, user_err
 from dynlm.train import train
 
 register_configs()
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # config_path below
+
 register_help(Config, __doc__)
 
 
@@ -30,6 +32,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     with user_errors():
-        check_overrides(sys.argv[1:], Config, {GROUP: {n: rule_spec(n).config for n in rule_names()}},
-                        Path(__file__).resolve().parents[1] / "conf" / "config.yaml")
+        check_overrides(sys.argv[1:], Config, CONF_DIR, {GROUP: {n: rule_spec(n).config for n in rule_names()}})
     main()

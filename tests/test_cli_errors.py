@@ -55,7 +55,7 @@ def test_a_config_of_ones_own_is_checked_against_the_schema_too(tmp_path):
     ("train", ["meta=cheap"], "meta=cheap is now rule=cheap"),
     ("train", ["rule=cheap", "rule.momentum=true"], "rule.momentum has no effect with rule=cheap: it is a key of "
                                                     "rule=gated"),
-    ("train", ["rule=nope"], "unknown rule=nope: choose among rule=dyneval"),
+    ("train", ["rule=nope"], "the rule group has no option 'nope'. Choose one of: cheap, dyneval, gated"),
     ("evaluate", ["eval.dyneval_lr=0.001"], "eval.dyneval_lr was renamed eval.dyneval_eta"),
     ("evaluate", ["methods=[static,meta]"], "the method meta is now called learned"),
 ])

@@ -5,10 +5,11 @@ either the previous checkpoint or the new one, never a torn file. Loaded with `w
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
@@ -28,29 +29,43 @@ class CheckpointWriteError(DynlmError, RuntimeError):
 
 def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    tmp = None
+    try:  # every step that touches the disk: any failure leaves the previous checkpoint as it was
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; a checkpoint gets the usual file mode
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # a full disk reaches torch.save as "unexpected pos ..."
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        before = f"The previous {path} is intact" if path.exists() else f"No {path} was written before"
+    except (OSError, RuntimeError) as e:
+        _remove(tmp)
+        cause, fix = _cause_and_fix(e, path.parent)
+        before = f"The previous {path} is intact" if path.is_file() else f"No {path} was written before"
         raise CheckpointWriteError(
-            f"could not write the checkpoint {path} ({e}; is the disk full?). {before}: the write went to a "
-            f"temporary file, now removed. Free some space, then resume with trainer.resume=true in the same run "
-            f"folder (or trainer.resume=<a checkpoint>)."
+            f"could not write the checkpoint {path} ({e}; {cause}). {before}: the write went to a temporary file, "
+            f"now removed. {fix}, then resume with trainer.resume=true in the same run folder (or "
+            f"trainer.resume=<a checkpoint>)."
         ) from e
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
     return path
+
+
+def _cause_and_fix(e: BaseException, folder: Path) -> Tuple[str, str]:
+    """A write error's likely cause, and what to do, in the user's words."""
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "no permission to write there", f"Make {folder} writable"
+    if isinstance(e, OSError) and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return f"is {folder} a folder you may write?", f"Make {folder} a writable folder"
+    return "is the disk full?", "Free some space"  # a full disk reaches torch.save as "unexpected pos ..."
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        os.unlink(tmp)
 
 
 def _read_umask() -> int:

@@ -1,10 +1,13 @@
 """The scripts' command line (scripts/train.py, scripts/evaluate.py).
 
-- An unknown config key fails before any work, with the closest known key, however it was given; a renamed one
-  (`dynlm.config.RENAMED_KEYS`) with its new name. A config group whose options have schemas of their own (`rule`)
-  is checked against the schema of the option chosen.
+- An unknown config key, a group option that is not one of the group's YAML files, a value of the wrong type and
+  a run folder that cannot be written fail before any work, each with one line naming the closest choice or fix;
+  a renamed key (`dynlm.config.RENAMED_KEYS`) with its new name. A config group whose options have schemas of
+  their own (`rule`) is checked against the schema of the option chosen.
 - dynlm's own errors (`DynlmError`: config, data, checkpoint, run folder) print as one line and exit 1; their
   traceback says nothing more to a user. `HYDRA_FULL_ERROR=1` shows it, as it does for Hydra's own errors.
+  Under torchrun the line is printed once for the job, and its restarts stop at once (`dist.claim_user_error`).
+- Ctrl-C prints one line (what was saved, how to resume: `scaffold.TrainingInterrupted`) and exits 130.
 - `--help` is generated from the schema and its field comments, so it lists what the script takes.
 """
 from __future__ import annotations
@@ -22,29 +25,56 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, get_type_hints
 
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, ListConfig, OmegaConf, StringNode
+from omegaconf.errors import OmegaConfBaseException
 
+from .. import dist
 from ..config import DynlmError, renamed_message
+from .groups import check_option, composed_config_dirs, config_dirs, find_group, group_options, is_global_group
+from .setup import check_writable
 
 
 class UnknownKeyError(DynlmError, ValueError):
     """A config key the script's schema does not have."""
 
 
+INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
+# Ctrl-C outside a training loop (which says what it saved: `scaffold.TrainingInterrupted`)
+NOTHING_SAVED = "interrupted (Ctrl-C) before any checkpoint or result was saved: run the same command again"
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Print a `DynlmError` as one line and exit 1; anything else (a bug) keeps its traceback."""
+    """Print a `DynlmError` as one line and exit 1, Ctrl-C as one line and exit 130; anything else (a bug) keeps
+    its traceback. A restart of a torchrun job that an earlier attempt stopped on a user error stops at once: it
+    would only fail the same way."""
+    stopped = dist.user_error_of_job()
+    if stopped is not None:
+        dist.tell_torchrun(stopped)
+        sys.exit(1)
     try:
         yield
     except DynlmError as e:
         # in a sweep (-m), Hydra runs the other jobs first, then reports the first failure: leave it that way
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_sweep():
             raise
-        print(f"error: {e}", file=sys.stderr)
+        line = f"error: {e}"
+        if dist.claim_user_error(line):
+            print(line, file=sys.stderr)
+        dist.tell_torchrun(line)
         sys.exit(1)
+    except KeyboardInterrupt as e:  # a sweep stops too: no other job starts
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        line = f"error: {str(e) or NOTHING_SAVED}"
+        if os.environ.get("RANK", "0") == "0":  # every rank of a torchrun job gets the Ctrl-C
+            print(line, file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 def _in_sweep() -> bool:
@@ -99,40 +129,118 @@ def _chosen(args: List[str], group: str, config_file: Path) -> Optional[str]:
     return None
 
 
-def check_overrides(args: List[str], schema, group_schemas: Optional[Mapping[str, Mapping[str, type]]] = None,
-                    config_file: Optional[Path] = None) -> None:
-    """Before Hydra starts (and makes a run folder): every `key=value`, `+key=value` and `++key=value` names a
-    key of `schema`, or of the schema of the option chosen for a group of `group_schemas` (group -> option ->
-    schema; the default option is read from `config_file`). Hydra rejects an unknown plain key too, but names no
-    close key and suggests `+key=value`, which its struct check lets through (`check_config` would stop it later)."""
-    keys = []
+class OverrideError(DynlmError, ValueError):
+    """A command-line override that cannot be read, or whose value the key's type does not take."""
+
+
+def _overrides(args: List[str]) -> List[Tuple[str, Override]]:
+    """(as given, parsed) for each `key=value`, `+key=value`, `++key=value`, `~key` among the arguments."""
+    parser, out = OverridesParser.create(), []
     for arg in args:
-        if arg.startswith("-") or "=" not in arg:  # flags (--cfg job, -m) and their values
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # flags (--cfg job, -m), values
             continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+")
-        renamed = renamed_message(key, value)
+        try:
+            out.append((arg, parser.parse_override(arg)))
+        except HydraException as e:
+            raise OverrideError(f"cannot read {arg!r} ({e}): write KEY=VALUE, with quotes around a value that has "
+                                "spaces or special characters") from None
+    return out
+
+
+def _values(override: Override) -> List[Any]:
+    """The values an override sets: one, or each of a choice or range sweep (-m); none known for other sweeps."""
+    if not override.is_sweep_override():
+        return [override.value()]
+    if override.is_choice_sweep() or override.is_range_sweep():
+        return list(override.sweep_iterator())
+    return []
+
+
+_KINDS = {IntegerNode: "an integer", FloatNode: "a number", BooleanNode: "true or false", StringNode: "a string",
+          ListConfig: "a list ([a,b])", DictConfig: "a section of keys"}
+
+
+def _check_type(key: str, value: Any, config: DictConfig) -> None:
+    """`key=value` as Hydra applies it to the schema: one line naming the type the key takes, not Hydra's six."""
+    try:
+        OmegaConf.update(config, key, value, merge=True)
+    except OmegaConfBaseException:
+        node = config._get_node(key.split(".")[0])
+        for part in key.split(".")[1:]:
+            node = node._get_node(part)
+        kind = _KINDS.get(type(node), "another type")
+        raise OverrideError(f"{key}={_fmt(value)}: {key} takes {kind}{' or null' if node._is_optional() else ''}, "
+                            f"not {value!r}") from None
+
+
+def _refuse_other_options_keys(keys: List[str], group: str, chosen: str, options: Mapping[str, type]) -> None:
+    """A `group.key` that only other options of the group have would be ignored under `chosen`."""
+    mine = _schema_tree(options[chosen])
+    for key in keys:
+        section, _, name = key.partition(".")
+        owners = [o for o, s in options.items() if name in _schema_tree(s)]
+        if section == group and name not in mine and owners:
+            raise UnknownKeyError(f"{key} has no effect with {group}={chosen}: it is a key of "
+                                  + " and ".join(f"{group}={o}" for o in owners) + f"; remove it, or choose "
+                                  f"{group}={owners[0]}")
+
+
+def check_overrides(args: List[str], schema, conf_dir: Path,
+                    group_schemas: Optional[Mapping[str, Mapping[str, type]]] = None) -> None:
+    """Before Hydra starts (and makes a run folder), one line for what Hydra would report in many, or not at all:
+    - a renamed key or group (`dynlm.config.RENAMED_KEYS`) names its new name;
+    - every `key=value`, `+key=value` and `++key=value` names a key of `schema`, or of the schema of the option
+      chosen for a group of `group_schemas` (group -> option -> schema; the default option is the one
+      conf_dir/config.yaml names). Hydra rejects an unknown plain key too, but names no close key and suggests
+      `+key=value`, which its struct check lets through;
+    - a group option is one of the YAML files of conf/<group>/ (or --config-dir's), not a schema node or a typo;
+    - a value has its key's type;
+    - the run folder given with hydra.run.dir can be written."""
+    dirs = config_dirs(args, conf_dir)
+    parsed = _overrides(args)
+    for arg, override in parsed:
+        renamed = renamed_message(override.key_or_group, arg.split("=", 1)[1] if "=" in arg else "")
         if renamed:
             raise UnknownKeyError(f"{renamed}. `python {sys.argv[0]} --help` lists every key.")
-        # ~key deletes; group/option, @package and hydra.* are Hydra's own
-        if key and not key.startswith("~") and "/" not in key and "@" not in key and key.split(".")[0] != "hydra":
-            keys.append(key)
-    tree = _schema_tree(schema)
+    tree, typed = _schema_tree(schema), OmegaConf.structured(schema)
+    keys = [override.key_or_group for _, override in parsed if not override.is_delete()]
     for group, options in (group_schemas or {}).items():
-        chosen = _chosen(args, group, config_file)
+        chosen = _chosen(args, group, Path(conf_dir) / "config.yaml")
         if chosen not in options:
+            check_option(group, str(chosen), dirs)  # a typo: the closest YAML file
             raise UnknownKeyError(f"unknown {group}={chosen}: choose among " + ", ".join(f"{group}={o}" for o in options))
+        _refuse_other_options_keys(keys, group, chosen, options)
         tree[group] = _schema_tree(options[chosen])
-        for key in keys:
-            section, _, name = key.partition(".")
-            owners = [o for o, s in options.items() if name in _schema_tree(s)]
-            if section == group and name not in tree[group] and owners:
-                raise UnknownKeyError(f"{key} has no effect with {group}={chosen}: it is a key of "
-                                      + " and ".join(f"{group}={o}" for o in owners) + f"; remove it, or choose "
-                                      f"{group}={owners[0]}")
-    known = set(_dotted(tree))
-    groups = config_file.parent if config_file is not None else None  # `+experiment=...` sets keys of the schema
-    _raise_unknown([k for k in keys if k not in known and not (groups is not None and (groups / k).is_dir())], tree)
+        typed[group] = OmegaConf.structured(options[chosen])
+    known, sections = set(_dotted(tree)), set(tree)
+    unknown = []
+    for arg, override in parsed:
+        key = override.key_or_group
+        if key.split(".")[0] == "hydra" or key.startswith("hydra/"):  # Hydra's own
+            if key == "hydra.run.dir" and not override.is_sweep_override() and "${" not in str(override.value()):
+                check_writable(Path(str(override.value())))
+            continue
+        if override.is_delete():
+            continue
+        group = find_group(key, dirs)
+        if group is not None and (group.split("/")[0] in sections or is_global_group(group, dirs)):
+            for option in _values(override):
+                check_option(group, str(option), dirs)
+        elif key not in known:
+            unknown.append(key)
+        elif override.package is None:
+            for value in _values(override):
+                _check_type(key, value, typed)
+    _raise_unknown(unknown, tree)
+
+
+def check_chosen_options() -> None:
+    """Within a Hydra job: every group option it composed is one of the group's YAML files, however it was chosen
+    (the command line, a defaults list of one's own)."""
+    dirs = composed_config_dirs()
+    for group, option in HydraConfig.get().runtime.choices.items():
+        if option is not None and find_group(group, dirs) is not None:
+            check_option(group, option, dirs)
 
 
 def _composed_tree(cfg: DictConfig, schema) -> Dict[str, Any]:
@@ -147,7 +255,10 @@ def _composed_tree(cfg: DictConfig, schema) -> Dict[str, Any]:
 
 def check_config(cfg: DictConfig, schema) -> None:
     """Every key of the composed config is in `schema`, however it got there (`+key=...` past the struct flag, a
-    config of one's own without the schema: --config-dir/--config-name): the run would ignore it."""
+    config of one's own without the schema: --config-dir/--config-name): the run would ignore it. Within a Hydra
+    job, its group options are checked too (`check_chosen_options`)."""
+    if HydraConfig.initialized():
+        check_chosen_options()
     tree = _composed_tree(cfg, schema)
     _raise_unknown(_unknown(OmegaConf.to_container(cfg, resolve=False), tree), tree)
 
@@ -212,12 +323,12 @@ def _key_rows(schema, values: Dict[str, Any], prefix: str = "", chosen: Optional
 def help_text(schema, about: str, root: DictConfig) -> str:
     """The script's `--help`: its groups and their options, then every key with its value and comment."""
     script = sys.argv[0]
-    loader = GlobalHydra.instance().config_loader()
+    dirs = composed_config_dirs()
     out = [about.strip(), "", f"Usage: python {script} [GROUP=OPTION ...] [KEY=VALUE ...]", "",
            "Groups (an option sets several keys at once; * marks the current one):"]
     for group, chosen in sorted(root.hydra.runtime.choices.items()):
-        if not group.startswith("hydra/"):  # base_* are the schemas themselves (dynlm/config.py), not options
-            options = [o for o in loader.get_group_options(group) if not o.startswith("base_")]
+        if find_group(group, dirs) is not None:  # not Hydra's own
+            options = group_options(group, dirs)  # its YAML files: the schema nodes beside them are not options
             out.append(f"  {group}=" + "|".join(o + "*" * (o == chosen) for o in options))
     out += ["", "Keys (KEY=VALUE; the values shown are the current ones):"]
     values = OmegaConf.to_container(root, resolve=False)
@@ -240,5 +351,5 @@ def register_help(schema, about: str) -> None:
     OmegaConf.register_new_resolver("dynlm_help", resolve, replace=True)
 
 
-__all__ = ["UnknownKeyError", "check_config", "check_overrides", "field_docs", "help_text", "register_help",
-           "user_errors"]
+__all__ = ["INTERRUPTED", "OverrideError", "UnknownKeyError", "check_chosen_options", "check_config",
+           "check_overrides", "field_docs", "help_text", "register_help", "user_errors"]

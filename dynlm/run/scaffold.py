@@ -28,8 +28,25 @@ from .checkpoint import capture_rng, load_checkpoint, remove_stale_temporaries, 
 from .jsonl import cut_after_step
 from .logger import RunLogger
 from .progress import Progress, budget_exhausted
-from .setup import LOG_FILE, check_run_dir, clear_run_dir, config_dict, mark_owner, restore_rank_rng, resume_path, \
-    save_resolved_config, seed_everything, seed_rank, select_device
+from .setup import LOG_FILE, check_run_dir, check_writable, clear_run_dir, config_dict, mark_owner, restore_rank_rng, \
+    resume_path, save_resolved_config, seed_everything, seed_rank, select_device
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, saying what is saved and how to resume (the scripts print it as one line). Still a
+    KeyboardInterrupt: a sweep stops, and nothing that catches `Exception` takes it for a failed run."""
+
+
+def _interrupted(step: int, saved: Optional[Tuple[Path, int]], run_dir: Path, eval_interval: int) -> str:
+    if saved is None:
+        return (f"interrupted (Ctrl-C) at step {step}, before the first checkpoint (every trainer.eval_interval="
+                f"{eval_interval} steps): nothing to resume from; start over with the same command plus "
+                f"trainer.overwrite=true hydra.run.dir={run_dir}")
+    path, at = saved
+    resume = "true" if path == run_dir / "checkpoints" / "last.pt" else str(path)
+    return (f"interrupted (Ctrl-C) at step {step}; nothing saved is lost: {path} (step {at}) is intact, and a "
+            f"resume from it replays the steps after it exactly: run the same command plus trainer.resume={resume} "
+            f"hydra.run.dir={run_dir}")
 
 
 class Task(Protocol):
@@ -66,6 +83,7 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
     run_dir = Path(run_dir)
     check_ranges(cfg)  # before any work: a non-finite learning rate would only skip every update
     check_rule_config(cfg.rule)  # the rule's own keys: its schema's ranges
+    check_writable(run_dir)  # and not at the first checkpoint
     tc = cfg.trainer
     device = select_device(tc.device)
     keep_freed_memory_on(device)
@@ -91,8 +109,10 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
     tc = cfg.trainer
     seed_rank(tc.seed)  # the same weights everywhere (built with one seed), each rank its own dropout masks
     progress = Progress()
+    saved: Optional[Tuple[Path, int]] = None  # the checkpoint a resume would start from, and its step
     if resumed is not None:
         progress = Progress(**resumed["progress"])
+        saved = (ckpt_path, progress.step)
         restore_rank_rng(resumed, tc.seed, progress.step)
         dist.print0(f"resumed from {ckpt_path} at step {progress.step}")
         if dist.is_main():  # the steps after the checkpoint are replayed: their old records go
@@ -109,16 +129,18 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
                desc="train" if task.stage == "lm" else task.stage, dynamic_ncols=True)
 
     def checkpoint(name: str) -> None:
+        nonlocal saved
         state = task.checkpoint_state()  # collectives first, on every rank
         rng_ranks = dist.gather_objects(capture_rng())
-        if not dist.is_main():
-            return
-        payload = {
-            "stage": task.stage, "config": config_dict(task.cfg), "tokenizer": task.corpus.tokenizer.state_dict(),
-            "data_checksums": dict(task.corpus.checksums), "progress": progress.__dict__,
-            "rng": rng_ranks[0], "rng_ranks": rng_ranks, **state,
-        }
-        save_checkpoint(payload, run_dir / "checkpoints" / name)
+        if dist.is_main():
+            payload = {
+                "stage": task.stage, "config": config_dict(task.cfg), "tokenizer": task.corpus.tokenizer.state_dict(),
+                "data_checksums": dict(task.corpus.checksums), "progress": progress.__dict__,
+                "rng": rng_ranks[0], "rng_ranks": rng_ranks, **state,
+            }
+            save_checkpoint(payload, run_dir / "checkpoints" / name)
+        if name == "last.pt":
+            saved = (run_dir / "checkpoints" / name, progress.step)
 
     def validate() -> float:
         begun = time.time()
@@ -163,9 +185,11 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
                 return {"step": progress.step, "stopped": 1.0}
         bar.close()  # before the final validation, which has its own bar: the training bar keeps its own time
         return task.result(progress, validate())
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_interrupted(progress.step, saved, run_dir, tc.eval_interval)) from None
     finally:
         bar.close()
         logger.finish()
 
 
-__all__ = ["Task", "TaskBuilder", "run"]
+__all__ = ["Task", "TaskBuilder", "TrainingInterrupted", "run"]

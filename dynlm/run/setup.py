@@ -80,6 +80,43 @@ class RunFolderError(DynlmError, ValueError):
     """A run folder that already holds another run."""
 
 
+class UnwritableRunFolderError(DynlmError, OSError):
+    """A run folder (or its checkpoints/) that is a file, or that this process may not write."""
+
+
+def _writable_dir(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def unwritable(run_dir: Path) -> Optional[str]:
+    """Why a run could not write its folder or checkpoints (None when it can)."""
+    run_dir = Path(run_dir)
+    ckpts = run_dir / "checkpoints"
+    if run_dir.exists() and not run_dir.is_dir():
+        return f"the run folder {run_dir} is a file"
+    if ckpts.exists() and not ckpts.is_dir():
+        return f"{ckpts} is a file, where the run writes its checkpoints"
+    for folder in (ckpts, run_dir):
+        if folder.is_dir() and not _writable_dir(folder):
+            return f"{folder} is not writable"
+    if run_dir.is_dir():
+        return None
+    parent = next(p for p in run_dir.absolute().parents if p.exists())  # the root always exists
+    if not _writable_dir(parent):
+        what = "not writable" if parent.is_dir() else "a file"
+        return f"the run folder {run_dir} cannot be created: {parent} is {what}"
+    return None
+
+
+def check_writable(run_dir: Path) -> None:
+    """Before any work: the run folder and its checkpoints/ can be written (else the first checkpoint, maybe hours
+    in, would fail). Rank 0 decides for every rank."""
+    problem = dist.broadcast_object(unwritable(run_dir) if dist.is_main() else None)
+    if problem:
+        raise UnwritableRunFolderError(f"{problem}: make it a writable folder, or write the run to another folder "
+                                       "(hydra.run.dir=...)")
+
+
 OWNER_FILE = ".torchrun_id"  # the torchrun job that owns the folder: its restarts may resume or start over
 
 
