@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from .. import dist
-from ..config import ConfigValueError, DynlmError
+from ..config import ConfigValueError
 from ..data import HELDOUT, MetaStreams, load_corpus
 from ..dynamic.fast_weights import finite_streams, select_dynamic
 from ..dynamic.grad_stats import GradStats
@@ -26,11 +26,11 @@ from ..dynamic.rules import LEARNED_RULES, build_rule
 from ..dynamic.segment import adapt_segment
 from ..model import LMState, static_weights
 from ..run.checkpoint import load_checkpoint, load_weights
-from ..run.from_checkpoint import (check_data_matches, check_heldout_matches, grad_stats_for, holdout_articles,
-                                   lm_from_checkpoint)
+from ..run.from_checkpoint import (check_data_matches, check_heldout_matches, check_resumed_data, grad_stats_for,
+                                   holdout_articles, lm_from_checkpoint)
 from ..run.logger import RunLogger
 from ..run.progress import Progress
-from ..run.scaffold import run
+from ..run.scaffold import DivergedError, run
 from .es_window import es_window
 from .meta_validation import quick_adaptive_valid
 from .window_report import MetaLearning, WindowReport, static_segment_loss
@@ -38,8 +38,8 @@ from .window_report import MetaLearning, WindowReport, static_segment_loss
 WindowHook = Callable[[ReadingState, int], ReadingState]
 
 
-class MetaDivergedError(DynlmError, FloatingPointError):
-    """Too many skipped windows in a row: the message names the last good checkpoint and what to change."""
+class MetaDivergedError(DivergedError):
+    """Too many skipped windows in a row: the message says what to change (the scaffold, what to resume)."""
 
 
 def _ewc_penalty(model, anchor: Dict[str, Tensor], fisher: Dict[str, Tensor], lam: float):
@@ -183,6 +183,7 @@ class MetaTask:
     """Stage 2 as a task of the run scaffold."""
 
     stage = "meta"
+    diverged_fix = "lower meta.meta_lr or meta.lr"
 
     def __init__(self, cfg: DictConfig, device: torch.device, resumed: Optional[Dict[str, Any]],
                  path: Optional[Path], on_window: Optional[WindowHook] = None):
@@ -206,6 +207,8 @@ class MetaTask:
         self.corpus = corpus = load_corpus(cfg.data, splits=tuple(dict.fromkeys([split, "train", "valid"])))
         check_data_matches(lm_ckpt, corpus, lm_path)
         check_heldout_matches(lm_ckpt, corpus, lm_path)
+        if resumed is not None:
+            check_resumed_data(resumed, corpus, path)
         self.on_window, self.device = on_window, device
 
         names = select_dynamic(model, mc.dynamic)
@@ -255,9 +258,8 @@ class MetaTask:
         if self._skipped_in_a_row >= self.ml.meta.max_skipped_windows:
             raise MetaDivergedError(
                 f"the last {self._skipped_in_a_row} windows (to step {progress.step + 1}) were all skipped: non-finite "
-                "meta-gradients or dynamic weights, so meta-training is diverging. The last good checkpoint is the run "
-                "folder's checkpoints/last.pt (the last validation); lower meta.meta_lr or meta.lr and resume from it "
-                "(trainer.resume=true). meta.max_skipped_windows sets how many skipped windows in a row stop a run."
+                "meta-gradients or dynamic weights, so meta-training is diverging (meta.max_skipped_windows sets how "
+                f"many skipped windows in a row stop a run): {self.diverged_fix}"
             )
         return bool(report.skipped)
 
