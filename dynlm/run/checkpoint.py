@@ -1,15 +1,17 @@
 """Checkpoints: plain dicts of tensors, numbers, strings and a JSON-able config, never pickled modules.
 
 Written atomically (temporary file in the same folder, fsync, rename) so a kill at any moment leaves
-either the previous checkpoint or the new one, never a torn file. Loaded with `weights_only=True`.
+either the previous checkpoint or the new one, never a torn file. Loaded with `weights_only=True`, after the
+zip CRC of every member is checked: `torch.load` does not check them, and reads damaged bytes as weights.
 """
 from __future__ import annotations
 
 import errno
 import os
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
@@ -91,6 +93,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[
     fix = "Pass the path of a .pt file written by scripts/train.py (e.g. runs/.../checkpoints/best.pt)."
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}. {fix}")
+    damage = checkpoint_damage(path)
+    if damage is not None:
+        raise CheckpointError(f"{path} is {damage}: it changed after dynlm wrote it (a bad disk, an interrupted "
+                              f"copy), so its weights cannot be trusted. {_instead_of(path)}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to a user
@@ -104,14 +110,50 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[
     return ckpt
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive; other files are told apart by `_file_kind`
+
+
+def checkpoint_damage(path: Path) -> Optional[str]:
+    """What is wrong with the bytes of a zip checkpoint ("corrupt: ...", "truncated ..."), or None when every
+    member passes its CRC check. Reads the whole file once. A file that is not a zip archive is not judged here."""
+    with open(path, "rb") as f:
+        if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+            return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError):
+        return "truncated or corrupt (a zip archive whose directory cannot be read)"
+    return None if bad is None else f"corrupt (its member {bad} fails its CRC check)"
+
+
+def intact_checkpoint(candidates: Iterable[Optional[Path]]) -> Optional[Path]:
+    """The first of `candidates` that exists and whose bytes pass `checkpoint_damage`, or None."""
+    for path in candidates:
+        if path is not None and Path(path).is_file() and checkpoint_damage(Path(path)) is None:
+            return Path(path)
+    return None
+
+
+def _instead_of(path: Path) -> str:
+    """What to use instead of a damaged checkpoint: its intact sibling (last.pt <-> best.pt), else a fresh start."""
+    sibling = {"last.pt": "best.pt", "best.pt": "last.pt"}.get(path.name)
+    other = intact_checkpoint([path.with_name(sibling)] if sibling else [])
+    if other is not None:
+        return (f"{other} is intact: use it instead (trainer.resume={other} to resume, checkpoint={other} to "
+                "evaluate), or copy the file again from a good copy.")
+    return ("Copy it again from a good copy, or start the run again with trainer.overwrite=true (no intact "
+            "last.pt or best.pt is next to it).")
+
+
 def _file_kind(path: Path) -> str:
     """What a file that torch cannot load looks like, from its first bytes."""
     with open(path, "rb") as f:
         head = f.read(256)
     if not head:
         return "an empty file"
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive that PyTorch cannot read (a truncated copy or download?)"
+    if head.startswith(ZIP_MAGIC):
+        return "a zip archive that is not a PyTorch file"
     text = head.decode("utf-8", errors="replace")
     if "\x00" not in text and text.count("\ufffd") <= 1:  # one: a character cut at byte 256
         first = (text.strip().splitlines() or [""])[0][:60]

@@ -94,6 +94,22 @@ def check_heldout_matches(ckpt: Dict[str, Any], corpus, path: str | Path) -> Non
         )
 
 
+def check_resumed_data(ckpt: Dict[str, Any], corpus, path: str | Path) -> None:
+    """A resume goes on reading where its run stopped and compares validations with its best: the data must be
+    the run's own, its tokenizer (`check_data_matches`) and the text of every split it read (sha256)."""
+    check_data_matches(ckpt, corpus, path)
+    stored = ckpt.get("data_checksums") or {}
+    changed = [s for s, sha in corpus.checksums.items() if s in stored and stored[s] != sha]
+    if changed:
+        data = (ckpt.get("config") or {}).get("data") or {}
+        was = f"data.dir={data['dir']}" if data.get("dir") else f"data.hub_config={data.get('hub_config')}"
+        raise CheckpointError(
+            f"the {' and '.join(changed)} text at {corpus.source} is not what the run of checkpoint {path} read "
+            f"(another sha256), and a resume goes on reading its data where it stopped. Resume with the data it was "
+            f"trained with ({was}), or start a new run (a fresh hydra.run.dir=..., or trainer.overwrite=true)."
+        )
+
+
 def _same_tokenizer(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same_tokenizer(a[k], b[k]) for k in a)
@@ -176,5 +192,5 @@ def grad_stats_for(
     return stats.restricted(names), "measured"
 
 
-__all__ = ["check_data_matches", "check_heldout_matches", "grad_stats_for", "holdout_articles", "lm_from_checkpoint",
-           "load_learner", "load_lm", "stored_grad_stats", "CheckpointError"]
+__all__ = ["check_data_matches", "check_heldout_matches", "check_resumed_data", "grad_stats_for", "holdout_articles",
+           "lm_from_checkpoint", "load_learner", "load_lm", "stored_grad_stats", "CheckpointError"]

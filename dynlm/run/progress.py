@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from tqdm import tqdm
 
@@ -19,16 +19,23 @@ class Progress:
     elapsed: float = 0.0  # seconds of this run so far, over all its sessions
     valid_seconds: float = 0.0  # of which validating: trainer.max_time does not count them
     best_valid_loss: float = math.inf
+    finished: bool = False  # the final validation is done: resuming with the same budget has nothing to do
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def budget_exhausted(trainer_cfg, progress: Progress) -> bool:
+    return bool(limits_reached(trainer_cfg, progress))
+
+
+def limits_reached(trainer_cfg, progress: Progress) -> List[str]:
+    """The trainer limits `progress` has reached, as the keys that set them ("trainer.max_steps=12")."""
     tc = trainer_cfg
-    return (
-        (tc.max_steps is not None and progress.step >= tc.max_steps)
-        or (tc.max_epochs is not None and progress.epoch >= tc.max_epochs)
-        or (tc.max_time is not None and progress.elapsed - progress.valid_seconds >= tc.max_time)
-    )
+    done = {
+        "max_steps": tc.max_steps is not None and progress.step >= tc.max_steps,
+        "max_epochs": tc.max_epochs is not None and progress.epoch >= tc.max_epochs,
+        "max_time": tc.max_time is not None and progress.elapsed - progress.valid_seconds >= tc.max_time,
+    }
+    return [f"trainer.{key}={getattr(tc, key)}" for key, hit in done.items() if hit]
 
 
 def token_bar(total: Optional[int], desc: str, enabled: bool) -> tqdm:

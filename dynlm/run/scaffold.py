@@ -8,6 +8,8 @@ is here, once:
     device, seeds -> resume path -> task (built, restored) -> per-rank seed, RNG restore -> config.yaml,
     logger, progress bar -> until the budget is spent: step, log every `log_interval`, validate every
     `eval_interval` (best.pt when better, then last.pt) -> a final validation.
+
+A resume of a run that made its final validation, with a budget it has reached, does nothing (`_finished`).
 """
 from __future__ import annotations
 
@@ -21,15 +23,20 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from .. import dist
-from ..config import check_ranges
+from ..config import DynlmError, check_ranges
 from ..dynamic.rules import check_rule_config
 from .allocator import keep_freed_memory_on
-from .checkpoint import capture_rng, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpoint import capture_rng, intact_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .jsonl import cut_after_step
 from .logger import RunLogger
-from .progress import Progress, budget_exhausted
-from .setup import LOG_FILE, check_run_dir, check_writable, clear_run_dir, config_dict, mark_owner, restore_rank_rng, \
-    resume_path, save_resolved_config, seed_everything, seed_rank, select_device
+from .progress import Progress, budget_exhausted, limits_reached
+from .setup import LOG_FILE, asks_resume_here, check_run_dir, check_writable, clear_run_dir, config_dict, \
+    mark_owner, restore_rank_rng, resume_path, save_resolved_config, seed_everything, seed_rank, select_device
+
+
+class DivergedError(DynlmError, FloatingPointError):
+    """A task's step found training diverging. Its message says what happened and what to change; the scaffold
+    adds the checkpoint to resume from, the newest that passes the integrity check (`_resume_advice`)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -55,6 +62,7 @@ class Task(Protocol):
     stage: str  # "lm" | "meta": the checkpoint's `stage` and the progress bar's label
     cfg: DictConfig  # the effective config (stage 2 records the stage-1 model's)
     corpus: Any  # its tokenizer and data checksums go into every checkpoint
+    diverged_fix: str  # what to change when training diverges ("lower optim.lr or trainer.clip")
 
     def step(self, progress: Progress) -> bool:
         """One unit of work; advances `progress.tokens/position/epoch`. True asks for a log record now."""
@@ -90,7 +98,9 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
     seed_everything(tc.seed)
     ckpt_path = resume_path(tc.resume, run_dir)
     keep = [cfg.meta.lm_checkpoint] if cfg.stage == "meta" and cfg.meta.lm_checkpoint else []
-    replaced = check_run_dir(run_dir, tc.overwrite, keep) if ckpt_path is None else []
+    # trainer.resume=true without a checkpoint to resume (`resume_path`) starts the run over, as overwrite does
+    starting_over = tc.overwrite or asks_resume_here(tc.resume)
+    replaced = check_run_dir(run_dir, starting_over, keep) if ckpt_path is None else []
     if dist.is_main():
         stale = remove_stale_temporaries(run_dir / "checkpoints")
         if stale:
@@ -98,10 +108,34 @@ def run(cfg: DictConfig, run_dir: str | Path, build: TaskBuilder) -> Dict[str, f
                         f"{run_dir / 'checkpoints'}")
     resumed = load_checkpoint(ckpt_path, map_location="cpu") if ckpt_path is not None else None
     task = build(cfg, device, resumed, ckpt_path)
+    if resumed is not None and _finished(tc, resumed, ckpt_path):  # after the task's checks of the command line
+        return {"step": resumed["progress"]["step"], "finished": 1.0}
     clear_run_dir(run_dir, replaced)  # only once the task's own checks have passed
     mark_owner(run_dir)
     with dist.log_file(run_dir / LOG_FILE):
         return _train(cfg, run_dir, task, resumed, ckpt_path)
+
+
+def _finished(tc, resumed: Dict[str, Any], path: Path) -> bool:
+    """The resumed run made its final validation and has reached a limit of this command line's budget: nothing
+    to do, and nothing is written (a second final validation would log twice and move NT-ASGD and the schedule)."""
+    progress = Progress(**resumed["progress"])
+    reached = limits_reached(tc, progress)
+    if not (progress.finished and reached):
+        return False
+    dist.print0(f"nothing to do: the run of {path} is finished (step {progress.step}, {' and '.join(reached)} "
+                f"reached, final validation done). To train it further, resume with a larger "
+                f"{' and '.join(r.split('=')[0] for r in reached)}.")
+    return True
+
+
+def _resume_advice(run_dir: Path, resumed_from: Optional[Path]) -> str:
+    """Where a diverged run goes on from: the newest checkpoint whose bytes are intact, or a fresh start."""
+    last = run_dir / "checkpoints" / "last.pt"
+    good = intact_checkpoint([last, run_dir / "checkpoints" / "best.pt", resumed_from])
+    if good is None:
+        return "then start the run again with trainer.overwrite=true (no intact checkpoint was written before)"
+    return f"then resume from the last good checkpoint, {good} (trainer.resume={'true' if good == last else good})"
 
 
 def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[str, Any]],
@@ -110,8 +144,8 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
     seed_rank(tc.seed)  # the same weights everywhere (built with one seed), each rank its own dropout masks
     progress = Progress()
     saved: Optional[Tuple[Path, int]] = None  # the checkpoint a resume would start from, and its step
-    if resumed is not None:
-        progress = Progress(**resumed["progress"])
+    if resumed is not None:  # a finished run goes on only with a larger budget (`_finished`): it is no more
+        progress = Progress(**{**resumed["progress"], "finished": False})
         saved = (ckpt_path, progress.step)
         restore_rank_rng(resumed, tc.seed, progress.step)
         dist.print0(f"resumed from {ckpt_path} at step {progress.step}")
@@ -146,6 +180,8 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
         begun = time.time()
         loss, metrics = task.validate(logger, progress.step)
         logger.log(metrics, progress.step)
+        if not math.isfinite(loss):  # diverged weights: no checkpoint of them, the previous ones stay the good ones
+            raise DivergedError(f"the valid loss became {loss} at step {progress.step}: {task.diverged_fix}")
         better = loss < progress.best_valid_loss
         dist.print0(f"step {progress.step}: valid loss {loss:.4f}, ppl {math.exp(loss):.2f}"
                     + (" (best so far: best.pt)" if better else ""))
@@ -184,7 +220,10 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
                 dist.print0(f"stopping after {steps_this_session} steps as asked (trainer.stop_after_steps)")
                 return {"step": progress.step, "stopped": 1.0}
         bar.close()  # before the final validation, which has its own bar: the training bar keeps its own time
+        progress.finished = True  # in the checkpoints the final validation writes
         return task.result(progress, validate())
+    except DivergedError as e:
+        raise type(e)(f"{e}, {_resume_advice(run_dir, ckpt_path)}.") from None
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted(progress.step, saved, run_dir, tc.eval_interval)) from None
     finally:
@@ -192,4 +231,4 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
         logger.finish()
 
 
-__all__ = ["Task", "TaskBuilder", "TrainingInterrupted", "run"]
+__all__ = ["DivergedError", "Task", "TaskBuilder", "TrainingInterrupted", "run"]

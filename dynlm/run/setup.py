@@ -157,6 +157,12 @@ def check_run_dir(run_dir: Path, overwrite: bool, keep: Sequence[Path] = ()) -> 
     if dist.restart_count() > 0 and dist.broadcast_object(_owned_by_this_job(run_dir) if dist.is_main() else None):
         return [p for p in held if p.suffix == ".jsonl"]  # the failed attempt's records, from before any checkpoint
     names = ", ".join(str(p.relative_to(run_dir)) for p in held)
+    if not overwrite and logs_only(held):
+        raise RunFolderError(
+            f"the run folder {run_dir} holds the logs of a run stopped before its first checkpoint ({names}): there "
+            "is nothing to resume. Start it again with trainer.overwrite=true, or start a new run in a fresh folder "
+            "(hydra.run.dir=...)."
+        )
     if not overwrite:
         raise RunFolderError(
             f"the run folder {run_dir} already holds a run ({names}). Continue it with trainer.resume=true, start "
@@ -167,6 +173,11 @@ def check_run_dir(run_dir: Path, overwrite: bool, keep: Sequence[Path] = ()) -> 
         raise RunFolderError(f"trainer.overwrite=true would delete {names} from {run_dir}, and this run reads one of "
                              "them (meta.lm_checkpoint): write the new run to another folder (hydra.run.dir=...).")
     return held + [p for p in [run_dir / LOG_FILE] if p.is_file()]
+
+
+def logs_only(held: Sequence[Path]) -> bool:
+    """`held_files` of a run stopped before its first checkpoint: logs of steps that a restart replays."""
+    return bool(held) and all(p.suffix == ".jsonl" for p in held)
 
 
 def clear_run_dir(run_dir: Path, files: Sequence[Path]) -> None:
@@ -180,11 +191,12 @@ def clear_run_dir(run_dir: Path, files: Sequence[Path]) -> None:
 
 
 def resume_path(resume: Any, run_dir: Path) -> Optional[Path]:
-    """`trainer.resume`: false, true (this run folder's last.pt) or a checkpoint path.
+    """`trainer.resume`: false, true (this run folder's last.pt) or a checkpoint path. None: start from step 0.
 
     A job restarted by torchrun (TORCHELASTIC_RESTART_COUNT > 0) continues from this run folder's last.pt
     when there is one and the folder is its own (`mark_owner`), whatever `trainer.resume` says: the run folder
-    must be fixed (`hydra.run.dir=...`).
+    must be fixed (`hydra.run.dir=...`). trainer.resume=true in a folder holding only the logs of a run stopped
+    before its first checkpoint starts that run over, as a restart does: None, and the caller replaces its logs.
     """
     last = run_dir / "checkpoints" / "last.pt"
     if dist.restart_count() > 0 and _owned_by_this_job(run_dir):
@@ -195,20 +207,25 @@ def resume_path(resume: Any, run_dir: Path) -> Optional[Path]:
                     "(a restart resumes only with a fixed run folder: hydra.run.dir=...)")
     if resume is None or resume is False or (isinstance(resume, str) and resume.lower() in ("false", "")):
         return None
-    if resume is True or (isinstance(resume, str) and resume.lower() == "true"):
-        path = run_dir / "checkpoints" / "last.pt"
-        if not path.is_file():
-            best = run_dir / "checkpoints" / "best.pt"
-            if best.is_file():  # killed (or out of disk) between the two writes of a validation
-                started = f" {best} is there: resume from it with trainer.resume={best}."
-            elif held_files(run_dir):
-                started = " It holds the logs of a run stopped before its first checkpoint: start that run again " \
-                    "with trainer.overwrite=true (and no trainer.resume)."
-            else:
-                started = ""
-            raise NoCheckpointError(
-                f"trainer.resume=true but {path} does not exist. Resume into the same run folder "
-                f"(hydra.run.dir=<the folder of the interrupted run>) or pass trainer.resume=<path to last.pt>.{started}"
-            )
-        return path
-    return Path(str(resume))
+    if not asks_resume_here(resume):
+        return Path(str(resume))
+    if last.is_file():
+        return last
+    best = run_dir / "checkpoints" / "best.pt"
+    if best.is_file():  # killed (or out of disk) between the two writes of a validation
+        raise NoCheckpointError(f"trainer.resume=true but {last} does not exist. {best} is there: resume from it "
+                                f"with trainer.resume={best}.")
+    if logs_only(held_files(run_dir)):  # the user need not know that it stopped before its first checkpoint
+        dist.print0(f"trainer.resume=true: {run_dir} holds the logs of a run stopped before its first checkpoint, "
+                    "nothing to resume: starting that run over from step 0 (its logs are replaced)")
+        return None
+    raise NoCheckpointError(
+        f"trainer.resume=true but {last} does not exist. Resume into the same run folder "
+        "(hydra.run.dir=<the folder of the interrupted run>) or pass trainer.resume=<path to last.pt>."
+    )
+
+
+def asks_resume_here(resume: Any) -> bool:
+    """trainer.resume=true: resume from this run folder's last.pt."""
+    return resume is True or (isinstance(resume, str) and resume.lower() == "true")
+

@@ -16,21 +16,21 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import dist
-from ..config import ConfigValueError, DynlmError
+from ..config import ConfigValueError
 from ..data import Corpus, batchify, get_batch, load_corpus, sample_seq_len
 from ..dynamic.reading import read_stream
 from ..model import AWDLSTM, LMState, activation_regularization, build_model, detach_state, token_nll
 from ..run.checkpoint import load_weights
-from ..run.from_checkpoint import holdout_articles
+from ..run.from_checkpoint import check_resumed_data, holdout_articles
 from ..run.logger import RunLogger
 from ..run.progress import Progress, token_bar
-from ..run.scaffold import run
+from ..run.scaffold import DivergedError, run
 from .ntasgd import WeightAverager
 from .plateau import PlateauDecay
 
 
-class NonFiniteLossError(DynlmError, FloatingPointError):
-    """Training diverged: the message names the last good checkpoint and what to change."""
+class NonFiniteLossError(DivergedError):
+    """Training diverged: the message says what to change (and the run scaffold, which checkpoint to resume)."""
 
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -83,6 +83,7 @@ class LMTask:
     """Stage 1 as a task of the run scaffold."""
 
     stage = "lm"
+    diverged_fix = "lower optim.lr or trainer.clip"
 
     def __init__(self, cfg: DictConfig, device: torch.device, resumed: Optional[Dict[str, Any]], path: Optional[Path]):
         self.cfg, self.device = cfg, device
@@ -96,6 +97,8 @@ class LMTask:
             self.cfg = cfg = OmegaConf.merge(cfg, {"data": {"meta_holdout_articles": held}})
         # test is for evaluation only; train is without its held-out articles (data.meta_holdout_articles)
         self.corpus = load_corpus(cfg.data, splits=("train", "valid"))
+        if resumed is not None:  # the run goes on reading its data where it stopped: the same text, the same ids
+            check_resumed_data(resumed, self.corpus, path)
         self.model = build_model(cfg.model, self.corpus.tokenizer.vocab_size).to(device)
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.averager = WeightAverager(cfg.optim.nonmono) if cfg.optim.name == "ntasgd" else None
@@ -144,8 +147,7 @@ class LMTask:
                                        self.averager, self.plateau.scale)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(
-                f"{e} at step {progress.step}. The last good checkpoint is in the run folder's checkpoints/last.pt; "
-                "lower optim.lr or trainer.clip and resume from it."
+                f"{e} at step {progress.step}: {self.diverged_fix}"
             ) from None
         n_tok = x.numel() * dist.world_size()
         progress.tokens += n_tok

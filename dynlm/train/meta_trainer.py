@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .. import dist
-from ..config import ConfigValueError, DynlmError
+from ..config import ConfigValueError
 from ..data import HELDOUT, MetaStreams, load_corpus
 from ..dynamic.fast_weights import select_dynamic
 from ..dynamic.grad_stats import GradStats
@@ -24,11 +24,11 @@ from ..dynamic.reading_state import ReadingState, fresh_state
 from ..dynamic.rules import LEARNED, build_rule, check_rule_config, rule_names
 from ..model import LMState, static_weights
 from ..run.checkpoint import load_checkpoint, load_weights
-from ..run.from_checkpoint import (check_data_matches, check_heldout_matches, grad_stats_for, holdout_articles,
-                                   lm_from_checkpoint)
+from ..run.from_checkpoint import (check_data_matches, check_heldout_matches, check_resumed_data, grad_stats_for,
+                                   holdout_articles, lm_from_checkpoint)
 from ..run.logger import RunLogger
 from ..run.progress import Progress
-from ..run.scaffold import run
+from ..run.scaffold import DivergedError, run
 from .estimators import ESTIMATORS, build_estimator
 from .meta_learning import MetaLearning
 from .meta_validation import quick_adaptive_valid
@@ -38,8 +38,8 @@ from .window_report import WindowReport
 WindowHook = Callable[[ReadingState, int], ReadingState]
 
 
-class MetaDivergedError(DynlmError, FloatingPointError):
-    """Too many skipped windows in a row: the message names the last good checkpoint and what to change."""
+class MetaDivergedError(DivergedError):
+    """Too many skipped windows in a row: the message says what to change (the scaffold, what to resume)."""
 
 
 def next_window(ml: MetaLearning, streams: MetaStreams, position: int, state: ReadingState, static_lm: LMState,
@@ -108,6 +108,7 @@ class MetaTask:
     """Stage 2 as a task of the run scaffold."""
 
     stage = "meta"
+    diverged_fix = "lower meta.learner_lr or rule.eta"
 
     def __init__(self, cfg: DictConfig, device: torch.device, resumed: Optional[Dict[str, Any]],
                  path: Optional[Path], on_window: Optional[WindowHook] = None):
@@ -131,6 +132,8 @@ class MetaTask:
         self.corpus = corpus = load_corpus(cfg.data, splits=tuple(dict.fromkeys([split, "train", "valid"])))
         check_data_matches(lm_ckpt, corpus, lm_path)
         check_heldout_matches(lm_ckpt, corpus, lm_path)
+        if resumed is not None:
+            check_resumed_data(resumed, corpus, path)
         self.on_window, self.device = on_window, device
 
         names = select_dynamic(model, mc.dynamic)
@@ -180,9 +183,8 @@ class MetaTask:
         if self._skipped_in_a_row >= self.ml.meta.max_skipped_windows:
             raise MetaDivergedError(
                 f"the last {self._skipped_in_a_row} windows (to step {progress.step + 1}) were all skipped: non-finite "
-                "meta-gradients or dynamic weights, so meta-training is diverging. The last good checkpoint is the run "
-                "folder's checkpoints/last.pt (the last validation); lower meta.learner_lr or rule.eta and resume from it "
-                "(trainer.resume=true). meta.max_skipped_windows sets how many skipped windows in a row stop a run."
+                "meta-gradients or dynamic weights, so meta-training is diverging (meta.max_skipped_windows sets how "
+                f"many skipped windows in a row stop a run): {self.diverged_fix}"
             )
         return bool(report.skipped)
 
