@@ -1,6 +1,6 @@
 """Data: WikiText-style corpora as token streams with article metadata, batching, meta-training streams."""
 from .articles import article_line_starts, title_lines
-from .batching import batchify, get_batch, sample_seq_len
+from .batching import batchify, expected_seq_len, get_batch, sample_seq_len
 from .corpus import Corpus, load_corpus
 from .errors import DataError
 from .holdout import HELDOUT, hold_out
@@ -29,6 +29,7 @@ __all__ = [
     "batchify",
     "build_split",
     "deal_articles",
+    "expected_seq_len",
     "get_batch",
     "hold_out",
     "load_corpus",
