@@ -8,6 +8,7 @@ from .meta_streams import MetaBatch, MetaStreams, deal_articles
 from .sentencepiece_tokenizer import SentencePieceTokenizer
 from .sources import SPLITS
 from .split import Split, build_split
+from .text_file import TEXT, TextFile, read_text_file
 from .tokenizer import EOS, Tokenizer
 from .tokenizer_state import tokenizer_from_state_dict
 from .vocab import UNK, WordVocab
@@ -21,6 +22,8 @@ __all__ = [
     "MetaStreams",
     "SPLITS",
     "SentencePieceTokenizer",
+    "TEXT",
+    "TextFile",
     "Split",
     "Tokenizer",
     "UNK",
@@ -33,6 +36,7 @@ __all__ = [
     "get_batch",
     "hold_out",
     "load_corpus",
+    "read_text_file",
     "sample_seq_len",
     "title_lines",
     "tokenizer_from_state_dict",
