@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dynlm.eval.evaluate import evaluate
+from dynlm.eval.html import color_scale
 from dynlm.dynamic.reading import read_stream
 from dynlm.train import train
 from dynlm.run.from_checkpoint import load_lm
@@ -101,8 +102,13 @@ def check_outputs(run: Path, results: dict, split) -> None:
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     expected_plots = {"loss_by_position", "article_ppl"} | ({"instant_gain"} if len(methods) > 1 else set())
     assert set(results["files"]["plots"]) == expected_plots
+    if results["html_articles"]:  # one colour scale for every page: that of all the tokens evaluated
+        m = "learned" if "learned" in methods else "dyneval"
+        gain = torch.from_numpy(z["static"]).double() - torch.from_numpy(z[m]).double()
+        assert close(results["html_color_scale"], color_scale(gain), rel=1e-4)
     for a in results["html_articles"]:
         page = (run / "html" / f"article_{a}.html").read_text(encoding="utf-8")
+        assert f"≥ +{results['html_color_scale']:.2f}" in page
         assert page.count('title="static ') == rows[a]["tokens"]  # one coloured span per token
         assert "linear-gradient" in page and "loss gain" in page  # the colour scale and its legend
         assert "<unk>" not in page.split("<body>")[1]  # tokens are escaped

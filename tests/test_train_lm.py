@@ -21,6 +21,7 @@ def test_tiny_run_writes_the_run_folder(wikitext2_slice_dir, tmp_path):
     valid = [r for r in recs if "valid/ppl" in r]
     train_recs = [r for r in recs if "train/loss" in r]
     assert [r["step"] for r in valid] == [6, 12]
+    assert [r["step"] for r in train_recs] == [1, 3, 6, 9, 12]  # step 1 too: the starting loss at once
     assert all(math.isfinite(r["train/loss"]) and r["train/tokens_per_s"] > 0 for r in train_recs)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["progress"]["step"] == 12 and ckpt["stage"] == "lm"

@@ -32,6 +32,8 @@ def test_meta_training_run_folder_metrics_and_checkpoint(lm_checkpoint, tmp_path
         assert all(math.isfinite(r[key]) for r in steps), key
     valid = [r for r in recs if "valid/learned/ppl" in r]
     assert [r["step"] for r in valid] == [3, 6]
+    assert "done: step 6, epoch 0, adaptive valid ppl" in (run / "train.log").read_text()
+    assert f"checkpoints: {run / 'checkpoints'}/best.pt" in (run / "train.log").read_text()
     assert all(r["valid/tokens"] == 300 for r in valid)  # meta.valid_max_tokens caps the quick validation
     assert all(r["valid/static/ppl"] > 0 and r["valid/dyneval/ppl"] > 0 for r in valid)
     last = load_checkpoint(run / "checkpoints" / "last.pt")

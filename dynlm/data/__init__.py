@@ -1,6 +1,6 @@
 """Data: WikiText-style corpora as token streams with article metadata, batching, meta-training streams."""
 from .articles import article_line_starts, title_lines
-from .batching import batchify, get_batch, sample_seq_len
+from .batching import batchify, expected_seq_len, get_batch, sample_seq_len
 from .corpus import Corpus, load_corpus
 from .errors import DataError
 from .holdout import HELDOUT, hold_out
@@ -8,6 +8,7 @@ from .meta_streams import MetaBatch, MetaStreams, deal_articles
 from .sentencepiece_tokenizer import SentencePieceTokenizer
 from .sources import SPLITS
 from .split import Split, build_split
+from .text_file import TEXT, TextFile, read_text_file
 from .tokenizer import EOS, Tokenizer
 from .tokenizer_state import tokenizer_from_state_dict
 from .vocab import UNK, WordVocab
@@ -21,6 +22,8 @@ __all__ = [
     "MetaStreams",
     "SPLITS",
     "SentencePieceTokenizer",
+    "TEXT",
+    "TextFile",
     "Split",
     "Tokenizer",
     "UNK",
@@ -29,9 +32,11 @@ __all__ = [
     "batchify",
     "build_split",
     "deal_articles",
+    "expected_seq_len",
     "get_batch",
     "hold_out",
     "load_corpus",
+    "read_text_file",
     "sample_seq_len",
     "title_lines",
     "tokenizer_from_state_dict",

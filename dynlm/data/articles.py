@@ -3,6 +3,9 @@
 A title line is ` = Title = ` (one "=" each side; ` = = Section = = ` lines are headings) with a blank
 line just before and just after. The regex alone also matches table legends and formula fragments
 (629 "titles" in WikiText-2 train instead of 600); the blank-line condition removes them.
+
+A text file of one's own (`header_line_starts`) is read more loosely: a `= Title =` line starts an article
+when it begins the file or follows a blank line, whatever follows it and however it is spaced.
 """
 from __future__ import annotations
 
@@ -52,3 +55,24 @@ def article_line_starts(lines: Sequence[str]) -> tuple[list[int], list[str]]:
         return [0], [UNTITLED]
     starts[0] = 0
     return starts, titles
+
+
+# `= Title =` however spaced; the title neither starts nor ends with "=" (`= = Section = =` is a heading)
+HEADER_RE = re.compile(r"^\s*=\s*([^=\s](?:.*[^=\s])?)\s*=\s*$")
+
+
+def header_line_starts(lines: Sequence[str], untitled: str = UNTITLED) -> tuple[list[int], list[str]]:
+    """(first line of each article, title of each article) of a text file of one's own.
+
+    A `= Title =` line that begins the text or follows a blank line starts an article. Text before the first
+    such line is an article titled `untitled` (blank lines alone join the first titled article); text without
+    any is one article titled `untitled`. WikiText's valid and test files give the articles of
+    `article_line_starts`.
+    """
+    heads = [i for i, line in enumerate(lines) if HEADER_RE.match(line) and (i == 0 or is_blank(lines[i - 1]))]
+    titles = [HEADER_RE.match(lines[i]).group(1) for i in heads]
+    if not heads:
+        return [0], [untitled]
+    if any(not is_blank(line) for line in lines[: heads[0]]):
+        return [0] + heads, [untitled] + titles
+    return [0] + heads[1:], titles

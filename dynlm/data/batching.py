@@ -1,6 +1,8 @@
 """AWD-LSTM batching for stage-1 LM training and stream evaluation (time-major tensors)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -36,3 +38,20 @@ def sample_seq_len(bptt: int, generator: torch.Generator, max_extra: int = 40) -
     mean = bptt if torch.rand((), generator=generator).item() < 0.95 else bptt / 2
     seq_len = int(mean + 5 * torch.randn((), generator=generator).item())
     return min(max(5, seq_len), bptt + max_extra)
+
+
+def expected_seq_len(bptt: int, max_extra: int = 40) -> float:
+    """The mean of `sample_seq_len(bptt, ...)`, exactly (from the normal CDF): how many time steps a stage-1 step
+    reads on average, for the number of steps an epoch takes."""
+    hi = bptt + max_extra
+
+    def below(mean: float, k: float) -> float:  # P(mean + 5 z < k)
+        return 0.5 * (1.0 + math.erf((k - mean) / (5.0 * math.sqrt(2.0))))
+
+    total = 0.0
+    for weight, mean in ((0.95, float(bptt)), (0.05, bptt / 2)):
+        # int() of a value below 6 (negative ones included) is clipped to 5; from hi up, to hi
+        e = 5 * below(mean, 6) + hi * (1.0 - below(mean, hi))
+        e += sum(k * (below(mean, k + 1) - below(mean, k)) for k in range(6, hi))
+        total += weight * e
+    return total

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -49,12 +49,21 @@ def count_words(lines: Sequence[str]) -> int:
     return sum(len(line.split()) for line in lines) + len(lines)
 
 
-def build_split(name: str, lines: Sequence[str], tokenizer: Tokenizer) -> Split:
+def words_per_article(lines: Sequence[str], start_lines: Sequence[int]) -> list[int]:
+    """`count_words` of every article, given the first line of each."""
+    ends = list(start_lines[1:]) + [len(lines)]
+    return [count_words(lines[s:e]) for s, e in zip(start_lines, ends)]
+
+
+def build_split(name: str, lines: Sequence[str], tokenizer: Tokenizer,
+                articles: Optional[tuple[list[int], list[str]]] = None) -> Split:
+    """The split of `lines`; `articles` (first line and title of each article) defaults to WikiText's
+    (`article_line_starts`)."""
     per_line = tokenizer.encode_lines(lines)  # each line ends with eos, so no line is empty
     line_len = torch.tensor([len(x) for x in per_line], dtype=torch.long)
     ids = torch.tensor(list(chain.from_iterable(per_line)), dtype=torch.long)
 
-    start_lines, titles = article_line_starts(lines)
+    start_lines, titles = articles if articles is not None else article_line_starts(lines)
     starts_mask = torch.zeros(len(lines), dtype=torch.long)
     starts_mask[torch.tensor(start_lines[1:], dtype=torch.long)] = 1
     line_article = torch.cumsum(starts_mask, 0)  # article of every line

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..data.articles import article_line_starts
-from ..data.split import count_words
+from ..data.split import words_per_article
 
 
 def perplexity(nll_sum: float, tokens: int) -> float:
@@ -64,9 +64,7 @@ def moving_average(x: Tensor, window: int) -> Tensor:
 
 def article_word_counts(lines: Sequence[str]) -> List[int]:
     """Words of every article of a split's text (whitespace words + one `<eos>` per line, as `Split.num_words`)."""
-    starts, _ = article_line_starts(lines)
-    ends = starts[1:] + [len(lines)]
-    return [count_words(lines[s:e]) for s, e in zip(starts, ends)]
+    return words_per_article(lines, article_line_starts(lines)[0])
 
 
 def method_totals(nll: Tensor, num_words: int, per_word: bool) -> Dict[str, float]:

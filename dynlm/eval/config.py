@@ -68,6 +68,9 @@ class EvalOptions:
 class EvalRunConfig:
     checkpoint: Optional[str] = None  # path of a .pt written by scripts/train.py (required)
     split: str = "test"  # valid | test (train works too)
+    # A UTF-8 text file to evaluate instead of a split: one article, or one per `= Title =` line; read with the
+    # checkpoint's tokenizer, its per-token losses also in token_losses.csv.
+    text: Optional[str] = None
     # null: static, dyneval, and learned when the checkpoint has a learned rule (a stage-2 checkpoint).
     methods: Optional[List[str]] = None
     # Data settings default to the checkpoint's own (its data config): keys set here replace them. data.dir

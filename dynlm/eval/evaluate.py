@@ -1,4 +1,4 @@
-"""`evaluate(cfg, run_dir)`: one checkpoint, one split, the methods asked for, every report (DESIGN §5).
+"""`evaluate(cfg, run_dir)`: one checkpoint, one split (or text file), the methods asked for, every report (DESIGN §5).
 
 Called by `scripts/evaluate.py` (Hydra) and directly by tests. Writes into `run_dir`:
 
@@ -7,9 +7,11 @@ Called by `scripts/evaluate.py` (Hydra) and directly by tests. Writes into `run_
                                 data checksums
     per_article.csv             index, title, tokens, words, NLL / loss / ppl per method
     token_losses.npz            every token's loss per method, with token ids, article ids and positions
+    token_losses.csv            the same as text, one row per token (text=PATH only)
     metrics.jsonl               the overall numbers as `eval/<split>/<method>/<key>` scalars
     loss_by_position.png, article_ppl.png, instant_gain.png
-    html/article_<index>.html   tokens coloured by the loss gain of the learned rule (or dyneval) over static
+    html/article_<index>.html   tokens coloured by the loss gain of the learned rule (or dyneval) over static, on
+                                one colour scale for all pages (results.json: html_color_scale)
 """
 from __future__ import annotations
 
@@ -24,14 +26,15 @@ from .. import dist
 from ..dynamic.rules import LEARNED
 from ..run.logger import RunLogger
 from ..run.setup import config_dict, save_resolved_config
-from .html import article_page, helps_most_least
-from .outputs import write_article_csv, write_results, write_token_losses
+from .html import article_page, color_scale, helps_most_least
+from .outputs import write_article_csv, write_results, write_token_csv, write_token_losses
 from .plots import plot_article_ppl, plot_instant_gain, plot_position
 from .aggregate import (
     article_rows, bin_centers, method_totals, moving_average, position_bins, relative_position,
 )
 from .inputs import EvalInputs, load_inputs
 from .methods import ensure_grad_stats, run_methods
+from .text_input import text_summary
 from .wandb_panels import log_evaluation
 
 
@@ -61,9 +64,13 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> Dict[str, Any]:
                 "plots": {k: p.name for k, p in images.items()},
                 "html": {k: str(p.relative_to(run_dir)) for k, p in pages.items()},
             }
+            sl = slice(0, prep.num_tokens)
+            if prep.text is not None:  # a text of one's own: every token's loss, readable as it is
+                results["files"]["token_losses_csv"] = "token_losses.csv"
+                write_token_csv(run_dir / "token_losses.csv", prep.corpus.tokenizer.decode(prep.ids), losses,
+                                prep.split.article_id[sl], prep.split.position[sl])
             write_results(run_dir / "results.json", results)
             write_article_csv(run_dir / "per_article.csv", results["articles"], prep.methods)
-            sl = slice(0, prep.num_tokens)
             write_token_losses(run_dir / "token_losses.npz", losses, prep.ids, prep.split.article_id[sl],
                                prep.split.position[sl], prep.article_starts, prep.split.titles[: prep.num_articles])
             logger.log(scalar_metrics(results), step=0)
@@ -98,7 +105,8 @@ def build_results(cfg, prep: EvalInputs, losses: Dict[str, Tensor], seconds: Dic
     gain_bins = {m: [s - x for s, x in zip(loss_bins["static"], loss_bins[m])] for m in losses if m != "static"}
     ckpt = prep.ckpt
     return {
-        "split": cfg.split,
+        "split": split.name,  # "text" for a text file (text=PATH)
+        "text": text_summary(prep.text) if prep.text is not None else None,
         "checkpoint": {"path": str(prep.ckpt_path), "sha256": prep.ckpt_sha256, "stage": ckpt.get("stage"),
                        "step": (ckpt.get("progress") or {}).get("step")},
         "data": {"source": prep.corpus.source, "tokenizer": prep.corpus.tokenizer.kind,
@@ -161,6 +169,9 @@ def make_pages(run_dir: Path, prep: EvalInputs, results: dict, losses: Dict[str,
     rows = results["articles"]
     extremes = helps_most_least(rows, method, min_tokens)  # named on every page
     chosen = chosen or [e.index for e in extremes]
+    # one colour scale for every page, from every token evaluated: the same colour means the same gain on each
+    scale = color_scale(losses["static"].double() - losses[method].double())
+    results["html_color_scale"] = scale
     pages = {}
     tok = prep.corpus.tokenizer
     for a in dict.fromkeys(chosen):
@@ -168,7 +179,8 @@ def make_pages(run_dir: Path, prep: EvalInputs, results: dict, losses: Dict[str,
         r = rows[a]
         summary = f"ppl static {r['static']['ppl']:.2f} → {method} {r[method]['ppl']:.2f}"
         text = article_page(r["title"], a, tok.decode(prep.split.ids[sl]), tok.kind, losses["static"][sl],
-                            losses[method][sl], method, summary=summary, extremes=extremes, linked=chosen)
+                            losses[method][sl], method, scale=scale, summary=summary, extremes=extremes,
+                            linked=chosen)
         path = run_dir / "html" / f"article_{a}.html"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -195,6 +207,10 @@ def print_summary(results: dict, run_dir: Path) -> None:
     if results.get("grad_stats") and results["grad_stats"]["source"] in ("measured", "cached"):
         print0(f"  (the fixed rules used gradient statistics measured on {results['grad_stats']['tokens']} train tokens, "
                f"{results['grad_stats']['source']})")
+    text = results.get("text")
+    if text is not None:
+        print0(f"  ({text['unknown_words']} of {text['words']} words read as <unk>; every token's loss in "
+               "token_losses.csv)")
     print0(f"results in {run_dir}")
 
 

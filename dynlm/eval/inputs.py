@@ -17,7 +17,7 @@ from torch import nn
 from .. import dist
 from ..cache import sha256_file
 from ..config import DataConfig, DynlmError, MetaConfig
-from ..data import Corpus, Split, hold_out, load_corpus
+from ..data import Corpus, Split, TextFile, hold_out, load_corpus
 from ..data.sources import read_hub, read_local
 from ..dynamic.fast_weights import select_dynamic
 from ..dynamic.grad_stats import GradStats
@@ -30,6 +30,8 @@ from ..run.allocator import keep_freed_memory_on
 from ..run.setup import select_device
 from .aggregate import article_word_counts
 from .config import methods as all_methods
+from .config import EvalRunConfig
+from .text_input import load_text_corpus
 
 
 class EvalConfigError(DynlmError, ValueError):
@@ -59,6 +61,7 @@ class EvalInputs:
     fixed_rules: Dict[str, DictConfig]  # the config of every fixed rule evaluated (dyneval), by method name
     stats: Optional[GradStats]  # gradient statistics, when the checkpoint has them
     learner: Optional[nn.Module]  # the checkpoint's learned rule, loaded
+    text: Optional[TextFile] = None  # the text file read instead of a split (text=PATH)
 
     @property
     def ids(self) -> torch.Tensor:
@@ -90,6 +93,8 @@ def check_options(cfg: DictConfig) -> Optional[List[str]]:
             raise EvalConfigError(f"methods={methods} lists a method twice")
     if cfg.split not in ("train", "valid", "test"):
         raise EvalConfigError(f"unknown split={cfg.split!r}: use split=valid or split=test")
+    if cfg.text is not None and cfg.split != EvalRunConfig.split:
+        raise EvalConfigError(f"split={cfg.split} and text={cfg.text} both name what to evaluate: give one of them")
     e = cfg.eval
     for key in ("max_articles", "seg_len", "chunk", "gradstat_streams", "gradstat_tokens"):
         if e[key] is not None and e[key] < 1:
@@ -204,15 +209,20 @@ def load_inputs(cfg: DictConfig) -> EvalInputs:
 
     holdout_articles(cfg.data.meta_holdout_articles, ckpt, path)  # train is what stage 1 read: no other cut
     data_cfg = effective_data_config(cfg.data, ckpt["config"])
-    splits = (cfg.split,) if not (fixed_rules and stats is None) else tuple(dict.fromkeys((cfg.split, "train")))
-    corpus = load_corpus(data_cfg, splits=splits)
-    check_data_matches(ckpt, corpus, path)  # another vocabulary fails here
-    split = corpus.splits[cfg.split]
+    needs_train = bool(fixed_rules) and stats is None
+    text = None
+    if cfg.text is not None:
+        corpus, text = load_text_corpus(cfg.text, ckpt, path, data_cfg, needs_train)
+        split, words = text.split, text.words
+    else:
+        corpus = load_corpus(data_cfg, splits=tuple(dict.fromkeys((cfg.split,) + ("train",) * needs_train)))
+        check_data_matches(ckpt, corpus, path)  # another vocabulary fails here
+        split, words = corpus.splits[cfg.split], split_words(data_cfg, cfg.split)
     num_articles = split.num_articles if e.max_articles is None else min(int(e.max_articles), split.num_articles)
     num_tokens = int(split.article_starts[num_articles]) if num_articles < split.num_articles else split.num_tokens
-    words = split_words(data_cfg, cfg.split)
     if len(words) != split.num_articles or sum(words) != split.num_words:
-        raise RuntimeError(f"word counts of {cfg.split} disagree with its articles ({len(words)} vs {split.num_articles})")
+        raise RuntimeError(f"word counts of {split.name} disagree with its articles ({len(words)} vs "
+                           f"{split.num_articles})")
     if e.streams > num_articles:
         raise EvalConfigError(f"eval.streams={e.streams} but only {num_articles} articles are read: each stream needs "
                               "an article of its own")
@@ -220,7 +230,7 @@ def load_inputs(cfg: DictConfig) -> EvalInputs:
     if bad:
         raise EvalConfigError(f"eval.html_articles={list(e.html_articles)}: {bad} not among the {num_articles} "
                               f"evaluated articles (0..{num_articles - 1})")
-    expected = (ckpt.get("data_checksums") or {}).get(cfg.split)
+    expected = (ckpt.get("data_checksums") or {}).get(cfg.split) if text is None else None
     if expected is not None and expected != corpus.checksums.get(cfg.split):
         dist.print0(f"note: the {cfg.split} split at {corpus.source} differs from the one the checkpoint was "
                     "trained next to (other sha256); evaluating it anyway")
@@ -229,7 +239,7 @@ def load_inputs(cfg: DictConfig) -> EvalInputs:
         data_cfg=data_cfg, corpus=corpus, split=split, num_articles=num_articles, num_tokens=num_tokens,
         words=words[:num_articles], methods=methods, seg_len=seg_len,
         chunk=int(e.chunk or data_cfg.eval_bptt), names=names, ckpt_meta=ckpt_meta, fixed_rules=fixed_rules,
-        stats=stats, learner=learner,
+        stats=stats, learner=learner, text=text,
     )
 
 

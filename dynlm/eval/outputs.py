@@ -1,4 +1,4 @@
-"""The files an evaluation writes: results.json, per_article.csv, token_losses.npz."""
+"""The files an evaluation writes: results.json, per_article.csv, token_losses.npz (and .csv for a text file)."""
 from __future__ import annotations
 
 import csv
@@ -59,4 +59,18 @@ def write_token_losses(path: Path, losses: Mapping[str, Tensor], token_id: Tenso
     return path
 
 
-__all__ = ["write_article_csv", "write_results", "write_token_losses"]
+def write_token_csv(path: Path, tokens: Sequence[str], losses: Mapping[str, Tensor], article_id: Tensor,
+                    position: Tensor) -> Path:
+    """One row per token: its index, article, position in the article, text, and NLL (nats) per method."""
+    methods = list(losses)
+    columns = zip(range(len(tokens)), article_id.tolist(), position.tolist(), tokens,
+                  *(losses[m].double().tolist() for m in methods))
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "article", "position", "token"] + methods)
+        for index, article, pos, tok, *values in columns:
+            w.writerow([index, article, pos, tok] + [repr(v) for v in values])
+    return path
+
+
+__all__ = ["write_article_csv", "write_results", "write_token_csv", "write_token_losses"]

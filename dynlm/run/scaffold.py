@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from .. import dist
 from ..config import DynlmError, check_ranges
@@ -29,7 +28,7 @@ from .allocator import keep_freed_memory_on
 from .checkpoint import capture_rng, intact_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .jsonl import cut_after_step
 from .logger import RunLogger
-from .progress import Progress, budget_exhausted, limits_reached
+from .progress import Progress, TrainBar, budget_exhausted, limits_reached
 from .setup import LOG_FILE, asks_resume_here, check_run_dir, check_writable, clear_run_dir, config_dict, \
     mark_owner, restore_rank_rng, resume_path, save_resolved_config, seed_everything, seed_rank, select_device
 
@@ -72,6 +71,10 @@ class Task(Protocol):
 
     def postfix(self, metrics: Dict[str, float]) -> Dict[str, str]:
         """The progress bar's summary of `metrics`."""
+
+    def steps_for_epochs(self, progress: Progress, epochs: int) -> float:
+        """The step at which `epochs` epochs will be done, seen from `progress` (the bar's total under
+        trainer.max_epochs): exact, or the expected number where step lengths are random."""
 
     def validate(self, logger: RunLogger, step: int) -> Tuple[float, Dict[str, float]]:
         """`(loss that selects best.pt, scalars to log)`; every rank gets the same loss."""
@@ -159,8 +162,8 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
     save_resolved_config(task.cfg, run_dir)
     dist.print0(f"stage {task.stage} in {run_dir}: messages in {LOG_FILE}, scalars in metrics.jsonl")
     logger = RunLogger(run_dir, task.cfg.logger, config_dict(task.cfg))
-    bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not (tc.progress_bar and dist.is_main()),
-               desc="train" if task.stage == "lm" else task.stage, dynamic_ncols=True)
+    bar = TrainBar(tc, progress, task.steps_for_epochs, "train" if task.stage == "lm" else task.stage,
+                   tc.progress_bar)
 
     def checkpoint(name: str) -> None:
         nonlocal saved
@@ -207,12 +210,14 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
             progress.step += 1
             steps_this_session += 1
             progress.elapsed = dist.broadcast_float(time.time() - started)  # rank 0's clock: stop together
-            if progress.step % tc.log_interval == 0 or force_log or done():
+            postfix = None
+            # step 1 too: the starting loss is on the bar (and in metrics.jsonl) at once, not after log_interval
+            if progress.step % tc.log_interval == 0 or progress.step == 1 or force_log or done():
                 metrics = task.metrics(progress, max(time.time() - window_start, 1e-9))
                 logger.log(metrics, progress.step)
-                bar.set_postfix(task.postfix(metrics))
+                postfix = task.postfix(metrics)
                 window_start = time.time()
-            bar.update(1)
+            bar.advance(progress, postfix)
             if progress.step % tc.eval_interval == 0 and not done():
                 validate()
             if tc.stop_after_steps is not None and steps_this_session >= tc.stop_after_steps and not done():
@@ -221,7 +226,9 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
                 return {"step": progress.step, "stopped": 1.0}
         bar.close()  # before the final validation, which has its own bar: the training bar keeps its own time
         progress.finished = True  # in the checkpoints the final validation writes
-        return task.result(progress, validate())
+        valid_loss = validate()
+        dist.print0(done_message(task.stage, progress, valid_loss, run_dir / "checkpoints"))
+        return task.result(progress, valid_loss)
     except DivergedError as e:
         raise type(e)(f"{e}, {_resume_advice(run_dir, ckpt_path)}.") from None
     except KeyboardInterrupt:
@@ -231,4 +238,17 @@ def _train(cfg: DictConfig, run_dir: Path, task: Task, resumed: Optional[Dict[st
         logger.finish()
 
 
-__all__ = ["DivergedError", "Task", "TaskBuilder", "TrainingInterrupted", "run"]
+# what each stage's validation loss is, for the final message
+VALID_LABELS = {"lm": "valid ppl", "meta": "adaptive valid ppl"}  # stage 2: its quick validation
+
+
+def done_message(stage: str, progress: Progress, valid_loss: float, checkpoints: Path) -> str:
+    """The last line of a finished run: where it stopped, its final and best validation, and where its
+    checkpoints are."""
+    label = VALID_LABELS.get(stage, "valid ppl")
+    return (f"done: step {progress.step}, epoch {progress.epoch}, {label} {math.exp(valid_loss):.2f}, best "
+            f"{math.exp(progress.best_valid_loss):.2f}, {progress.elapsed:.0f}s; checkpoints: {checkpoints}/best.pt "
+            "(best valid), last.pt (latest)")
+
+
+__all__ = ["DivergedError", "Task", "TaskBuilder", "TrainingInterrupted", "done_message", "run"]

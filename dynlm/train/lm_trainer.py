@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import dist
 from ..config import ConfigValueError
-from ..data import Corpus, batchify, get_batch, load_corpus, sample_seq_len
+from ..data import Corpus, batchify, expected_seq_len, get_batch, load_corpus, sample_seq_len
 from ..dynamic.reading import read_stream
 from ..model import AWDLSTM, LMState, activation_regularization, build_model, detach_state, token_nll
 from ..run.checkpoint import load_weights
@@ -171,6 +171,12 @@ class LMTask:
     def postfix(self, m: Dict[str, float]) -> Dict[str, str]:
         return {"loss": f"{m['train/loss']:.3f}", "ppl": f"{m['train/ppl']:.1f}", "tok_s": f"{m['train/tokens_per_s']:.0f}"}
 
+    def steps_for_epochs(self, p: Progress, epochs: int) -> float:
+        # every epoch reads T - 1 time steps, in steps of expected_seq_len, the last one cut short (about half)
+        per_epoch = self.streams.shape[0] - 1
+        left = (epochs - p.epoch) * per_epoch - p.position
+        return p.step + left / expected_seq_len(self.cfg.data.bptt) + 0.5 * (epochs - p.epoch)
+
     def validate(self, logger: RunLogger, step: int):
         # Every rank reads the whole valid stream (one stream: its loss does not depend on the number of
         # ranks); rank 0's number is broadcast so that every rank takes the same decisions below.
@@ -205,8 +211,6 @@ class LMTask:
 
     def result(self, progress: Progress, valid_loss: float) -> Dict[str, float]:
         best = math.exp(progress.best_valid_loss)
-        dist.print0(f"done: step {progress.step}, epoch {progress.epoch}, valid ppl {math.exp(valid_loss):.2f}, "
-                    f"best {best:.2f}, {progress.elapsed:.0f}s")
         return {"step": progress.step, "valid/loss": valid_loss, "valid/ppl": math.exp(valid_loss),
                 "best_valid/ppl": best, "elapsed": progress.elapsed, "tokens": progress.tokens}
 

@@ -201,6 +201,11 @@ class MetaTask:
     def postfix(self, m: Dict[str, float]) -> Dict[str, str]:
         return {"loss": f"{m['meta/loss']:.3f}", "gain": f"{m['meta/improvement']:+.3f}"}
 
+    def steps_for_epochs(self, p: Progress, epochs: int) -> float:
+        # a step reads meta.window segments; epoch e ends at segment e * segments_per_epoch
+        per_epoch = max(self.streams.segments_per_epoch, 1)
+        return p.step + max(math.ceil((epochs * per_epoch - p.position) / self.ml.meta.window), 0)
+
     def validate(self, logger: RunLogger, step: int):
         ml = self.ml
         metrics = quick_adaptive_valid(ml.model, ml.learner, ml.stats, ml.names, self.corpus, self.cfg,
