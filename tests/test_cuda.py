@@ -4,9 +4,9 @@ learned rule. Skipped without CUDA; scripts/device_check.sh runs them on a GPU m
 import pytest
 import torch
 
-from dynlm.dynamic.rules import DynEvalRule
+from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.reading import read_stream
-from dynlm.model.per_stream_lstm import per_stream_lstm_layer
+from dynlm.kernels.per_stream_lstm import per_stream_lstm_layer
 
 from dynamic_helpers import VOCAB, perturb, read, setup, tiny_model, tokens, random_stats
 
@@ -43,7 +43,7 @@ def test_static_and_dyneval_reading_match_the_cpu(adaptive):
     losses = []
     for device in ("cpu", CUDA):
         m = tiny_model(torch.float64).to(device).eval()
-        rule = DynEvalRule(names, stats, lr=1e-2, lam=1e-3, eps=1e-5, update=0.5).to(device) if adaptive else None
+        rule = DynEvalRule(names, stats, eta=1e-2, lam=1e-3, eps=1e-5).to(device) if adaptive else None
         losses.append(read_stream(m, ids, 0, 5, rule=rule, names=names if adaptive else (), restarts=[30]))
     torch.testing.assert_close(losses[1].cpu(), losses[0], **TOL)
 
