@@ -42,7 +42,7 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
         grid = [json.loads(p.read_text()) for p in (out / f"grid-{adapted}").rglob("results.json")]
         assert {(r["dyneval"]["eta"], r["dyneval"]["lam"]) for r in grid} == {
             (lr, lam) for lr in rates for lam in (0.003, 0.01)} and len(grid) == 2 * len(rates)
-        # a diverged setting (lr 1e-3 here) stores "inf" or "nan": it must not be chosen
+        # a diverged setting (η 1e-3 here) stores "inf" or "nan": it must not be chosen
         best = min(grid, key=lambda r: float(r["methods"]["dyneval"]["ppl"]) if r["methods"]["dyneval"]["ppl"] != "nan"
                    else float("inf"))
         names = best["dyneval"]["adapted"]
@@ -56,19 +56,20 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
             assert tuned["dyneval"]["adapted"] == names
             assert f"first {tuned['num_articles']} articles ({tuned['num_tokens']} tokens)" in proc.stdout
         if lstm_only:
-            lstm_best = (best["dyneval"]["lr"], best["dyneval"]["lam"])
+            lstm_best = (best["dyneval"]["eta"], best["dyneval"]["lam"])
     # the learned row: stage 2 of the small_cheap_es recipe from the LSTM weights' tuned dyneval, by step count
     meta_run = out / "meta"
     assert max(json.loads(x)["step"] for x in (meta_run / "metrics.jsonl").read_text().splitlines()) == 2
-    meta = yaml.safe_load((meta_run / "config.yaml").read_text())["meta"]
-    chosen = (meta["name"], meta["estimator"], meta["dynamic"], meta["lm_checkpoint"])
+    saved = yaml.safe_load((meta_run / "config.yaml").read_text())
+    meta, rule = saved["meta"], saved["rule"]
+    chosen = (rule["name"], meta["estimator"], meta["dynamic"], meta["lm_checkpoint"])
     assert chosen == ("cheap", "es", ["layers.*"], ckpt)
-    assert (meta["lr"], meta["lam"]) == lstm_best
+    assert (rule["eta"], rule["lam"]) == lstm_best
     for split in ("valid", "test"):
         learned = json.loads((out / f"learned-{split}" / "results.json").read_text())
-        assert list(learned["methods"]) == ["static", "dyneval", "meta"]
+        assert list(learned["methods"]) == ["static", "dyneval", "learned"]
         assert learned["num_articles"] == {"valid": 2, "test": 1}[split]
-    assert proc.stdout.count("the learned rule (meta=cheap, ES, LSTM weights)") == 2
+    assert proc.stdout.count("the learned rule (rule=cheap, ES, LSTM weights)") == 2
 
 
 def test_reproduce_script_stops_on_a_failed_step(tmp_path):

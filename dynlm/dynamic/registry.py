@@ -129,8 +129,9 @@ def check_rule_config(cfg: Any) -> RuleSpec:
 def build_rule(cfg: Any, names: Sequence[str], stats: GradStats) -> nn.Module:
     """The rule `cfg` (a `rule` config node: its `name` and keys) over the dynamic `names`, at its initial φ."""
     spec = check_rule_config(cfg)
-    values = _plain(rule_config(spec.name, cfg))
-    return spec.cls(names, stats, **{k: values[k] for k in spec.keys})
+    cfg.get("name")  # read, as every key below, from the node given (its reads are what the key tests record)
+    defaults = rule_config(spec.name)
+    return spec.cls(names, stats, **{k: cfg.get(k, defaults[k]) for k in spec.keys})
 
 
 __all__ = ["GROUP", "LEARNED", "RuleConfigError", "RuleSpec", "build_rule", "check_rule_config", "register_rule", "rule_config",

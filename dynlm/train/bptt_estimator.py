@@ -36,7 +36,8 @@ class TruncatedBPTT(Estimator):
     def __init__(self, mc: DictConfig):
         self.reading = SegmentReading(keep_graph=True, second_order=bool(mc.second_order),
                                       checkpoint=bool(mc.checkpoint_segments))
-        self.train_static, self.ewc = bool(mc.train_static), float(mc.ewc)
+        self.train_static = bool(mc.train_static)
+        self.ewc = float(mc.ewc) if self.train_static else 0.0  # the penalty is on θ0, trained only then
 
     def static_parameters(self, model: nn.Module) -> List[nn.Parameter]:
         return list(model.parameters()) if self.train_static else []
