@@ -54,7 +54,7 @@ class EvalOptions:
     cache_grad_stats: bool = True
     # Reports.
     position_bins: int = 20  # bins of relative position inside an article
-    html_articles: List[int] = field(default_factory=list)  # article indices; [] = where meta helps most / least
+    html_articles: List[int] = field(default_factory=list)  # article indices; [] = where learned helps most / least
     html_min_tokens: int = 100  # automatic choice of HTML articles ignores shorter articles (when it can)
     gain_first_article: int = 0  # the instant-gain plot covers this article ...
     gain_articles: int = 4  # ... and the next ones
