@@ -17,7 +17,7 @@ from .rule_base import RuleOutput, StatsRule, buffer_name
 @dataclass
 class KrauseConfig:
     """Krause et al.'s (2017) hyperparameters: of his rule, and the starting point of the rules learned from it.
-    Defaults are his dynamiceval.py's (its new hyperparameter scale; README "Dynamic evaluation as Krause did it")."""
+    Defaults are his dynamiceval.py's (its new hyperparameter scale; docs/dyneval.md "Hyperparameter scales")."""
 
     eta: float = 0.00005  # η, the step size
     lam: float = 0.002  # λ (decay toward the static weights)

@@ -1,4 +1,4 @@
-"""One segment of adaptive reading: read it with the dynamic weights swapped in, then update them (DESIGN §2).
+"""One segment of adaptive reading: read it with the dynamic weights swapped in, then update them (docs/design.md §4-5).
 
 The loss of every token is computed with the weights θ_s *before* the update that sees that token; the
 update then uses the segment's gradient g_s = ∂ℓ_s/∂θ_s. Used by meta-training (graph kept to φ), by the

@@ -41,8 +41,8 @@ class EvalOptions:
     dyneval_eps: Optional[float] = None  # ε, as dyneval_eta (η) above
     # Gradient statistics for dyneval when the checkpoint has none (a stage-1 checkpoint): Krause's, measured on
     # this many train tokens in batches of this many streams (None: the checkpoint's meta.gradstat_tokens, 200,000
-    # by default, and meta.gradstat_streams, 100; at least the split's size: all of it). Read the Krause scale
-    # notes in the README.
+    # by default, and meta.gradstat_streams, 100; at least the split's size: all of it). Krause's scales:
+    # docs/dyneval.md.
     gradstat_tokens: Optional[int] = None
     gradstat_streams: Optional[int] = None  # streams of that measurement, as gradstat_tokens above
     # The parameters dyneval adapts on a stage-1 checkpoint, as fnmatch patterns over the model's parameter names
@@ -54,7 +54,7 @@ class EvalOptions:
     cache_grad_stats: bool = True
     # Reports.
     position_bins: int = 20  # bins of relative position inside an article
-    html_articles: List[int] = field(default_factory=list)  # article indices; [] = where meta helps most / least
+    html_articles: List[int] = field(default_factory=list)  # article indices; [] = where learned helps most / least
     html_min_tokens: int = 100  # automatic choice of HTML articles ignores shorter articles (when it can)
     gain_first_article: int = 0  # the instant-gain plot covers this article ...
     gain_articles: int = 4  # ... and the next ones

@@ -1,6 +1,7 @@
-"""`evaluate(cfg, run_dir)`: one checkpoint, one split (or text file), the methods asked for, every report (DESIGN §5).
+"""`evaluate(cfg, run_dir)`: one checkpoint, one split or text file, the methods asked for, every report.
 
-Called by `scripts/evaluate.py` (Hydra) and directly by tests. Writes into `run_dir`:
+Called by `scripts/evaluate.py` (Hydra) and directly by tests; the protocol: docs/design.md §5.
+Writes into `run_dir`:
 
     config.yaml / config.json   the resolved evaluation config
     results.json                overall, per-article and by-position numbers, checkpoint path + sha256, configs,
