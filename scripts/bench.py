@@ -33,8 +33,8 @@ rules read are measured on it through `grad_stats_for`, the path stage 2 and eva
                   `es_vs_stage1`: the same with `meta.estimator=es` (K=32: 2P + 1 reads of the window without
                   a graph) per token / `lm_step` per token.
 - `adaptive_eval` time per token of `dynlm.dynamic.reading.read_stream` with the `meta` rule and the
-                  `dyneval` rule (`build_rule(rule_config(name, like=cfg.rule), ...)`, L = meta.seg_len, batch 1) / static
-                  `read_stream` (`data.eval_bptt` tokens per forward pass), on the synthetic valid tokens;
+                  `dyneval` rule (`build_rule(rule_config(name, like=cfg.rule), ...)`, L = meta.seg_len, batch 1)
+                  / static `read_stream` (`data.eval_bptt` tokens per forward pass), on the synthetic valid tokens;
                   `cheap_vs_dyneval`: the cheap learned rule (`rule=cheap`) per token / dyneval per token,
                   same L and adapted set (target <= 1.3, `cheap_vs_dyneval_met`), LSTM weights
                   (`meta.dynamic`'s default); `cheap_vs_dyneval_all`: the same with every parameter adapting.
@@ -144,8 +144,8 @@ class Sizes:
 
 QUICK = Sizes(
     lstm_b=2, lstm_h=32, lstm_i=24, lstm_t=8, model="tiny", lm_batch=4, bptt=10, meta_b=2, seg_len=3, window=2,
-    es_window=4, memory_windows=(2, 4), vocab=300, train_articles=6, article_tokens=200, valid_articles=2, eval_tokens=30,
-    stream_tokens=60, streams=2, gradstat_figure_tokens=1000,
+    es_window=4, memory_windows=(2, 4), vocab=300, train_articles=6, article_tokens=200, valid_articles=2,
+    eval_tokens=30, stream_tokens=60, streams=2, gradstat_figure_tokens=1000,
     reps=3, warmup=1,
 )
 
@@ -208,7 +208,7 @@ def emit(name: str, ratio: float, s: Sizes, quick: bool, device, **numbers) -> d
 
 
 # ----------------------------------------------------------------------------------------------- config, data
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compose(overrides: Tuple[str, ...]) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -219,8 +219,8 @@ def bench_config(s: Sizes, **extra) -> DictConfig:
     """conf/config.yaml with `model=<s.model>` and the benchmark's sizes as overrides (`extra`: more of them,
     e.g. `**{"meta.window": 8}`). Composed once per set of overrides; a fresh copy each call."""
     # optim.lr=1: the stage-1 figure trains on one batch again and again; conf's lr 30 can make that diverge
-    o = {"model": s.model, "optim.lr": 1.0, "data.batch_size": s.lm_batch, "data.bptt": s.bptt, "meta.batch_size": s.meta_b,
-         "meta.seg_len": s.seg_len, "meta.window": s.window}
+    o = {"model": s.model, "optim.lr": 1.0, "data.batch_size": s.lm_batch, "data.bptt": s.bptt,
+         "meta.batch_size": s.meta_b, "meta.seg_len": s.seg_len, "meta.window": s.window}
     o.update(extra)
     text = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in o.items()}
     return copy.deepcopy(_compose(tuple(f"{k}={v}" for k, v in text.items())))
@@ -253,7 +253,7 @@ def wikitext_lines(rng: random.Random, words: List[str], num_articles: int, toke
     return lines
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def synthetic_data(s: Sizes) -> SyntheticData:
     """A train and a valid split in the WikiText layout over a vocabulary of exactly `s.vocab` tokens (the
     random words, `=` of the title lines, `<eos>`), through the library's own vocabulary and split builders."""
@@ -452,7 +452,8 @@ def fig_lm_train(s: Sizes, device, quick: bool) -> dict:
         awd_noreg_tok_s=n / med(times["awd_noreg"]), ratio_noreg=paired_ratio(times, "plain", "awd_noreg"),
         compared=f"lm_step with model={m.name}'s regularisation (dropout {m.dropout}/{m.dropouth}/{m.dropouti}, "
                  f"dropoute {m.dropoute}, wdrop {m.wdrop}, AR {m.alpha}, TAR {m.beta}; optim={o.name}, clip "
-                 f"{cfg.trainer.clip}) vs nn.LSTM LM without any; ratio_noreg: lm_step with all of them overridden to 0",
+                 f"{cfg.trainer.clip}) vs nn.LSTM LM without any; ratio_noreg: lm_step with all of them overridden "
+                 "to 0",
         sizes=sizes_of(cfg, data, B=B, T=T),
     )
 

@@ -87,7 +87,8 @@ def main() -> None:
     print(json.dumps({
         "figure": "stage1_scaling_gloo", "model": args.model, "global_batch": args.batch_size, "bptt": args.bptt,
         "steps": args.steps, "threads_per_process": args.threads, "cpus": os.cpu_count(),
-        "tokens_per_s_1proc": round(one, 1), "tokens_per_s_2proc": round(two, 1), "speedup_2_over_1": round(two / one, 3),
+        "tokens_per_s_1proc": round(one, 1), "tokens_per_s_2proc": round(two, 1),
+        "speedup_2_over_1": round(two / one, 3),
         "runs_1proc": [round(x, 1) for x in results[1]], "runs_2proc": [round(x, 1) for x in results[2]],
     }))
 

@@ -59,7 +59,8 @@ def lm_checkpoint(wikitext2_dir, tmp_path_factory):
     """`(data folder, stage-1 checkpoint)`: a 30-step tiny LM on a slice of WikiText-2, for the stage-2 tests."""
     from hydra_helpers import train_tiny_lm
 
-    data = write_slice(wikitext2_dir, tmp_path_factory.mktemp("data") / "wt2", {"train": 3000, "valid": 400, "test": 400})
+    data = write_slice(wikitext2_dir, tmp_path_factory.mktemp("data") / "wt2",
+                       {"train": 3000, "valid": 400, "test": 400})
     ckpt = train_tiny_lm(data, tmp_path_factory.mktemp("lm"), **{"trainer.max_steps": 30, "trainer.eval_interval": 30})
     return data, ckpt
 

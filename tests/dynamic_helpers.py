@@ -5,13 +5,13 @@ from typing import List, Sequence
 
 import torch
 
+from dynlm.config import ModelConfig
+from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.fast_weights import select_dynamic
 from dynlm.dynamic.grad_stats import GradStats
-from dynlm.dynamic.reading_state import fresh_state
-from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.meta_learner import GatedMetaLearner
+from dynlm.dynamic.reading_state import fresh_state
 from dynlm.dynamic.segment import adapt_segment
-from dynlm.config import ModelConfig
 from dynlm.model import AWDLSTM, build_model, static_weights
 
 VOCAB = 23
@@ -20,7 +20,8 @@ VOCAB = 23
 def tiny_model(dtype=torch.float32, seed=0, dropout=False) -> AWDLSTM:
     torch.manual_seed(seed)
     p = 0.1 if dropout else 0.0
-    sizes = ModelConfig(emb_size=6, hidden_size=8, num_layers=2, dropout=p, dropouth=p, dropouti=p, dropoute=0.0, wdrop=p)
+    sizes = ModelConfig(emb_size=6, hidden_size=8, num_layers=2, dropout=p, dropouth=p, dropouti=p, dropoute=0.0,
+                        wdrop=p)
     m = build_model(sizes, VOCAB)
     return m.to(dtype)
 

@@ -16,7 +16,6 @@ from dynlm.eval.config import register_eval_configs
 from dynlm.model import build_model
 from dynlm.run.checkpoint import save_checkpoint
 from dynlm.run.setup import config_dict
-
 from hydra_helpers import CONF_DIR, compose_config
 
 

@@ -9,7 +9,6 @@ from dynlm.config import ConfigValueError, check_choice_keys
 from dynlm.run.checkpoint import load_checkpoint
 from dynlm.train import train
 from dynlm.train.meta_trainer import train_meta
-
 from hydra_helpers import compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
 
 

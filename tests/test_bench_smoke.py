@@ -15,9 +15,10 @@ KEYS = {
                       "cheap_ms_per_token", "cheap_vs_dyneval", "cheap_vs_dyneval_target", "cheap_vs_dyneval_met",
                       "cheap_vs_dyneval_all", "cheap_vs_dyneval_all_met"},
     "grad_stats": {"stats_s", "static_s", "tokens"},
-    "dyneval": {"ratio_lstm_only", "all_ms_per_token", "lstm_ms_per_token", "copy_bandwidth_gb_s", "all_bound_ms_per_token",
-                "lstm_bound_ms_per_token", "all_vs_bound", "lstm_vs_bound", "multi_stream_speedup",
-                "multi_stream_speedup_lstm", "streams", "all_moved_mb_per_segment", "lstm_moved_mb_per_segment"},
+    "dyneval": {"ratio_lstm_only", "all_ms_per_token", "lstm_ms_per_token", "copy_bandwidth_gb_s",
+                "all_bound_ms_per_token", "lstm_bound_ms_per_token", "all_vs_bound", "lstm_vs_bound",
+                "multi_stream_speedup", "multi_stream_speedup_lstm", "streams", "all_moved_mb_per_segment",
+                "lstm_moved_mb_per_segment"},
     "memory": {"ckpt_vs_plain", "method", "extrapolated"},
 }
 

@@ -4,14 +4,13 @@ exactly, and scripts/evaluate.py's path loads it from a stage-2 checkpoint."""
 import pytest
 import torch
 
+from dynamic_helpers import random_stats, read, tiny_model, tokens
 from dynlm.dynamic.cheap_learner import ContextRule, context_features
-from dynlm.dynamic.reading_state import fresh_state
 from dynlm.dynamic.dyneval import DynEvalRule
+from dynlm.dynamic.reading_state import fresh_state
 from dynlm.dynamic.segment import adapt_segment
 from dynlm.eval.evaluate import evaluate
 from dynlm.model import static_weights
-
-from dynamic_helpers import random_stats, read, tiny_model, tokens
 from eval_helpers import compose_eval
 from hydra_helpers import meta_overrides, records, straight_and_resumed
 

@@ -15,7 +15,6 @@ import pytest
 from dynlm import dist
 from dynlm.run.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from dynlm.run.setup import UnwritableRunFolderError, check_writable
-
 from hydra_helpers import tiny_lm_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,8 +119,8 @@ def test_an_unwritable_run_folder_fails_before_any_work(toy_data_dir, tmp_path, 
 
 
 def test_train_itself_checks_the_folder_before_building_anything(toy_data_dir, tmp_path):
-    from hydra_helpers import compose_config
     from dynlm.train import train
+    from hydra_helpers import compose_config
 
     (tmp_path / "checkpoints").write_text("kept")
     with pytest.raises(UnwritableRunFolderError, match="checkpoints is a file"):

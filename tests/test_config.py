@@ -1,6 +1,5 @@
 """Every config composes; unknown keys and wrong types fail before any work starts."""
 import pytest
-
 from hydra.errors import ConfigCompositionException as HydraCompositionError
 
 from hydra_helpers import compose_config, group_options

@@ -29,10 +29,11 @@ NOT_COUNTED = {PKG / "config.py", PKG / "run" / "cli.py"}  # checks and --help r
 
 # key or section -> the choices (key, value) under one of which it is read. Stage 2 rebuilds the model from its
 # checkpoint and trains φ with meta.learner_lr, reading meta.batch_size streams in meta.seg_len segments, clipping
-# with meta.clip and validating on meta.valid_max_tokens; the rule (rule=NAME) is stage 2's. dynlm.config.ONLY_WITH: the stage-2 keys only one rule
-# or estimator reads (a run refuses them set elsewhere).
+# with meta.clip and validating on meta.valid_max_tokens; the rule (rule=NAME) is stage 2's. dynlm.config.ONLY_WITH:
+# the stage-2 keys only one rule or estimator reads (a run refuses them set elsewhere).
 CONDITIONS: Dict[str, Tuple[Tuple[str, object], ...]] = {
-    "model": (("stage", "lm"),), "optim": (("stage", "lm"),), "meta": (("stage", "meta"),), "rule": (("stage", "meta"),),
+    "model": (("stage", "lm"),), "optim": (("stage", "lm"),), "meta": (("stage", "meta"),),
+    "rule": (("stage", "meta"),),
     "data.batch_size": (("stage", "lm"),), "data.bptt": (("stage", "lm"),), "trainer.clip": (("stage", "lm"),),
     "trainer.valid_max_tokens": (("stage", "lm"),),
     "optim.betas": (("optim.name", "adam"),), "optim.nonmono": (("optim.name", "ntasgd"),),
@@ -46,7 +47,8 @@ CONDITIONS: Dict[str, Tuple[Tuple[str, object], ...]] = {
 LABELS = {"data.name", "model.name"}  # name the run in its config.yaml and on wandb; nothing reads them
 # runs beside the group options, so that every condition above is met by one (but data.dir=null: a download)
 VARIANTS = [["data.tokenizer=sentencepiece", "data.vocab_size=500"], ["stage=meta", "meta.estimator=es"],
-            ["stage=meta", "meta.train_static=true", "meta.ewc=1.0"], ["stage=meta", "rule=gated", "rule.momentum=true"]]
+            ["stage=meta", "meta.train_static=true", "meta.ewc=1.0"],
+            ["stage=meta", "rule=gated", "rule.momentum=true"]]
 REFUSED = DynlmError  # a choice the run refuses (stage=meta meta=dyneval: nothing to train) is not ignored either
 
 

@@ -4,11 +4,10 @@ learned rule. Skipped without CUDA; scripts/device_check.sh runs them on a GPU m
 import pytest
 import torch
 
+from dynamic_helpers import VOCAB, perturb, random_stats, read, setup, tiny_model, tokens
 from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.reading import read_stream
 from dynlm.kernels.per_stream_lstm import per_stream_lstm_layer
-
-from dynamic_helpers import VOCAB, perturb, read, setup, tiny_model, tokens, random_stats
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL = dict(rtol=1e-9, atol=1e-10)

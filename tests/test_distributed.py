@@ -17,10 +17,9 @@ import torch
 import torch.multiprocessing as mp
 
 from dynlm import dist
-from dynlm.train import train
 from dynlm.run.checkpoint import load_checkpoint
 from dynlm.run.setup import mark_owner, resume_path
-
+from dynlm.train import train
 from hydra_helpers import compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,17 +3,16 @@ import copy
 
 import torch
 
+from dynamic_helpers import dyneval_for, random_stats, read, setup, tiny_model, tokens
+from dynlm.dynamic.cheap_learner import ContextRule
+from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.fast_weights import select_dynamic
 from dynlm.dynamic.gated_update import krause_gate_logits
 from dynlm.dynamic.reading import read_stream
-from dynlm.dynamic.dyneval import DynEvalRule
-from dynlm.dynamic.cheap_learner import ContextRule
 from dynlm.dynamic.rule_base import FrozenWeights
 from dynlm.maths.gated import gated_update
 from dynlm.maths.krause import krause_step
 from dynlm.model import static_weights, token_nll
-
-from dynamic_helpers import dyneval_for, random_stats, read, setup, tiny_model, tokens
 
 
 def test_krause_rule_is_the_gated_update_with_constant_gates():
@@ -206,7 +205,8 @@ def test_dyneval_is_krauses_update_to_float_noise_over_many_segments():
             decrate = (ms[n] / gsum).clamp(max=1.0 / lam)
             krause[n] += lam * decrate * (theta0[n] - krause[n]) - lr * seg[n] / (ms[n] + eps)
             decrate64 = (ms[n].double() / gsum).clamp(max=1.0 / lam)
-            exact[n] += lam * decrate64 * (theta0[n].double() - exact[n]) - lr * seg[n].double() / (ms[n].double() + eps)
+            exact[n] += (lam * decrate64 * (theta0[n].double() - exact[n])
+                         - lr * seg[n].double() / (ms[n].double() + eps))
     for n in names:
         ulp = torch.finfo(torch.float32).eps * float(exact[n].abs().max())
         assert float((ours[n][0].double() - exact[n]).abs().max()) < 20 * ulp, n

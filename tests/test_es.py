@@ -2,13 +2,13 @@
 import pytest
 import torch
 
+from dynamic_helpers import RandomStreams as _Streams
+from dynamic_helpers import tiny_meta_learning
 from dynlm.dynamic.es import antithetic_directions, assign_flat_grad, es_gradient, shifted
 from dynlm.train import train
 from dynlm.train.meta_trainer import fresh_window_state
 from dynlm.train.meta_window import meta_window
 from dynlm.train.window_reading import read_window
-
-from dynamic_helpers import RandomStreams as _Streams, tiny_meta_learning
 from hydra_helpers import compose_config, meta_overrides, records, straight_and_resumed
 
 

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from dynlm.dynamic.reading import read_stream
 from dynlm.eval.evaluate import evaluate
 from dynlm.eval.html import color_scale
-from dynlm.dynamic.reading import read_stream
-from dynlm.train import train
 from dynlm.run.from_checkpoint import load_lm
+from dynlm.train import train
 from dynlm.train.lm_trainer import evaluate_loss
-
 from eval_helpers import compose_eval, one_thread  # noqa: F401 (autouse fixture)
 from hydra_helpers import compose_config, meta_overrides, records, train_tiny_lm
 
@@ -173,8 +172,9 @@ def test_static_equals_the_trainers_valid_perplexity(trained, tmp_path):
     assert close(results["methods"]["static"]["ppl"], valid_ppl, rel=1e-12)
     assert results["data"]["source"] == str(data.resolve())  # data.dir defaulted to the checkpoint's
     model, _ = load_lm(ckpt, torch.device("cpu"))
-    from dynlm.data import load_corpus
     from omegaconf import OmegaConf
+
+    from dynlm.data import load_corpus
 
     corpus = load_corpus(OmegaConf.create(json.loads((lm / "config.json").read_text())["data"]))
     assert close(math.exp(evaluate_loss(model, corpus, "valid", 64)), results["methods"]["static"]["ppl"], rel=1e-12)
@@ -241,7 +241,6 @@ def test_scripts_evaluate_runs_with_wandb_offline(trained, tmp_path):
 @pytest.mark.slow
 def test_sentencepiece_checkpoint_reports_per_word_perplexity(wikitext2_slice_dir, tmp_path):
     from dynlm.eval.inputs import load_inputs
-
     from eval_helpers import make_checkpoint
 
     ckpt = make_checkpoint(wikitext2_slice_dir, tmp_path / "sp.pt",
@@ -253,7 +252,7 @@ def test_sentencepiece_checkpoint_reports_per_word_perplexity(wikitext2_slice_di
     assert results["per_word"] and results["data"]["tokenizer"] == "sentencepiece"
     words = results["articles"][0]["words"]
     assert words == results["num_words"] < results["num_tokens"]  # pieces outnumber words
-    for m, tot in results["methods"].items():
+    for tot in results["methods"].values():
         assert tot["words"] == words and close(tot["word_ppl"], math.exp(tot["nll"] / words))
     check_outputs(tmp_path / "eval", results, split)
     page = (tmp_path / "eval" / "html" / "article_0.html").read_text(encoding="utf-8")

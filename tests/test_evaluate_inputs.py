@@ -9,7 +9,6 @@ import dynlm.eval.evaluate as evaluate_module
 from dynlm.eval.evaluate import check_static_weights, evaluate
 from dynlm.eval.inputs import EvalConfigError, load_inputs
 from dynlm.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-
 from eval_helpers import compose_eval, make_checkpoint
 
 

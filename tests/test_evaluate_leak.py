@@ -12,17 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from dynlm.dynamic.segment import adapt_segment
-from dynlm.model import static_weights
+from dynlm.dynamic.reading import primed_stream, read_stream
 from dynlm.dynamic.reading_state import fresh_state
 from dynlm.dynamic.rules import build_rule
-from dynlm.dynamic.segment import segment_losses
-from dynlm.dynamic.reading import read_stream
+from dynlm.dynamic.segment import adapt_segment, segment_losses
 from dynlm.eval.evaluate import evaluate
 from dynlm.eval.inputs import load_inputs
 from dynlm.eval.methods import run_methods
-from dynlm.dynamic.reading import primed_stream
-
+from dynlm.model import static_weights
 from eval_helpers import compose_eval, leak_corpus, make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
 
 SEG = 2

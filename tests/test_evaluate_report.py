@@ -8,14 +8,21 @@ import pytest
 import torch
 
 from dynlm.data.sources import read_local
-from dynlm.train.meta_validation import CURVES_FILE, follow_article
+from dynlm.eval.aggregate import (
+    article_rows,
+    article_totals,
+    article_word_counts,
+    method_totals,
+    moving_average,
+    perplexity,
+    pick_extreme_articles,
+    position_bins,
+    relative_position,
+)
 from dynlm.eval.html import article_page, gain_color
 from dynlm.run.dashboard import chunk_means
 from dynlm.run.jsonl import read_jsonl
-from dynlm.eval.aggregate import (
-    article_rows, article_totals, article_word_counts, method_totals, moving_average, perplexity,
-    pick_extreme_articles, position_bins, relative_position,
-)
+from dynlm.train.meta_validation import CURVES_FILE, follow_article
 
 
 def test_counts_add_up_on_the_real_test_split(wikitext2_corpus, wikitext2_dir):
@@ -113,10 +120,11 @@ def test_a_torn_line_in_the_followed_article_log_is_skipped(tmp_path, capsys):
 
 def test_wandb_panels_offline(tmp_path, monkeypatch):
     """The wandb objects of both panels build and log in an offline run."""
+    from omegaconf import OmegaConf
+
     from dynlm.config import LoggerConfig
     from dynlm.eval.wandb_panels import log_evaluation
     from dynlm.run.logger import RunLogger
-    from omegaconf import OmegaConf
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = RunLogger(tmp_path, OmegaConf.structured(LoggerConfig(name="wandb", mode="offline")), {"x": 1})

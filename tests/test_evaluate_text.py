@@ -9,17 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from dynlm.config import DataConfig
-from dynlm.data import DataError, article_line_starts, load_corpus, read_text_file
+from dynlm.data import DataError, article_line_starts, load_corpus, read_text_file, tokenizer_from_state_dict
 from dynlm.data.articles import header_line_starts
 from dynlm.data.sources import read_split_file
 from dynlm.eval.evaluate import evaluate
 from dynlm.eval.inputs import EvalConfigError
 from dynlm.run.checkpoint import load_checkpoint
-from dynlm.data import tokenizer_from_state_dict
-
 from eval_helpers import compose_eval, one_thread  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -45,7 +45,8 @@ def test_the_learned_row_experiment_is_the_recorded_run():
     from dynlm.dynamic.rules import upgrade_config
 
     # written before the rule had a node of its own: read as a checkpoint's config is
-    saved = upgrade_config(yaml.safe_load((RESULTS / "meta-cheap-es" / "stage2-config.yaml").read_text(encoding="utf-8")))
+    saved_text = (RESULTS / "meta-cheap-es" / "stage2-config.yaml").read_text(encoding="utf-8")
+    saved = upgrade_config(yaml.safe_load(saved_text))
     given = [f"meta.lm_checkpoint={saved['meta']['lm_checkpoint']}", "trainer.device=cpu",
              "trainer.progress_bar=false", "meta.split=heldout"]
     cfg = OmegaConf.to_container(compose_config(["+experiment=small_cheap_es"] + given))

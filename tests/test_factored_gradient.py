@@ -5,19 +5,18 @@ import torch
 from torch._dynamo.utils import counters
 from torch.func import functional_call
 
+from dynamic_helpers import VOCAB, random_stats, tiny_model
+from dynlm.config import ModelConfig
 from dynlm.dynamic.cheap_learner import ContextRule
+from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.fast_weights import per_stream, select_dynamic
 from dynlm.dynamic.reading import read_stream
 from dynlm.dynamic.reading_state import fresh_state
-from dynlm.dynamic.dyneval import DynEvalRule
 from dynlm.dynamic.segment import _gradients_factored, adapt_segment, segment_losses
-from dynlm.maths.krause import krause_step
 from dynlm.kernels import factored_gradient
 from dynlm.kernels.factored_gradient import FactoredGradient, FactoredStep, TableGradient
-from dynlm.config import ModelConfig
+from dynlm.maths.krause import krause_step
 from dynlm.model import AWDLSTM, build_model, static_weights, token_nll
-
-from dynamic_helpers import VOCAB, random_stats, tiny_model
 
 TABLE = "embedding.weight"
 

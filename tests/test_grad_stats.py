@@ -2,12 +2,11 @@
 import pytest
 import torch
 
+from dynamic_helpers import VOCAB, tiny_model
 from dynlm.data import batchify
 from dynlm.dynamic.fast_weights import select_dynamic
 from dynlm.dynamic.grad_stats import GradStats, measure_grad_stats
 from dynlm.model import token_nll
-
-from dynamic_helpers import VOCAB, tiny_model
 
 
 def test_statistics_are_krauses_batch_mean_gradients():

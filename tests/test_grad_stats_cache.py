@@ -9,8 +9,8 @@ NAMES = ["layers.0.weight_hh", "layers.0.bias_hh"]
 
 def _stats():
     g = torch.Generator().manual_seed(0)
-    return GradStats({"layers.0.weight_hh": torch.rand(8, 2, generator=g), "layers.0.bias_hh": torch.rand(8, generator=g)},
-                     tokens=320)
+    return GradStats({"layers.0.weight_hh": torch.rand(8, 2, generator=g),
+                      "layers.0.bias_hh": torch.rand(8, generator=g)}, tokens=320)
 
 
 def _path(tmp_path, **change):

@@ -5,7 +5,6 @@ import torch
 from dynlm.eval.evaluate import evaluate
 from dynlm.run.checkpoint import load_checkpoint
 from dynlm.train import train
-
 from eval_helpers import compose_eval
 from hydra_helpers import compose_config, meta_overrides, train_tiny_lm
 
@@ -28,8 +27,8 @@ def test_stage2_measures_once_and_evaluation_reuses_its_statistics(toy_data_dir,
     assert all(torch.equal(a["v"][n], b["v"][n]) for n in a["v"])
 
     cfg = compose_eval([f"checkpoint={lm}", "split=valid", "methods=[static,dyneval]", "eval.max_articles=1",
-                        "eval.gradstat_tokens=604", "eval.gradstat_streams=7", "eval.seg_len=4", "eval.dynamic=[layers.*]",
-                        "eval.progress_bar=false"])
+                        "eval.gradstat_tokens=604", "eval.gradstat_streams=7", "eval.seg_len=4",
+                        "eval.dynamic=[layers.*]", "eval.progress_bar=false"])
     results = evaluate(cfg, tmp_path / "eval")
     assert results["grad_stats"] == {"source": "cached", "tokens": a["tokens"]}
     assert "measuring" not in capsys.readouterr().out

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from dynlm.run.checkpoint import load_checkpoint
-
 from hydra_helpers import meta_overrides, tiny_lm_overrides
 
 REPO = Path(__file__).resolve().parents[1]

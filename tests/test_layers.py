@@ -1,7 +1,8 @@
 """The package's layers only point down, and no two modules import each other (directly or in a circle).
 
 data → maths (the reference maths) → kernels (the fast forms of it) → model → dynamic (medium-term memory) → run
-(infrastructure) → train | eval, with config/cache/dist beneath everything. train and eval are siblings: neither imports the other. Imports inside functions count.
+(infrastructure) → train | eval, with config/cache/dist beneath everything. train and eval are siblings: neither
+imports the other. Imports inside functions count.
 """
 from __future__ import annotations
 
@@ -127,6 +128,7 @@ def test_the_checks_catch_an_upward_import_a_sibling_import_and_a_cycle():
     assert upward_imports([("dynlm.model.lstm", "dynlm.dynamic.reading", 3)])
     assert upward_imports([("dynlm.train.lm_trainer", "dynlm.eval.aggregate", 4)])
     assert upward_imports([("dynlm.dist", "dynlm.config", 5)])  # foundation modules stand alone
-    assert not upward_imports([("dynlm.eval.methods", "dynlm.dynamic.reading", 6), ("dynlm.data.split", "dynlm.data", 1)])
+    assert not upward_imports([("dynlm.eval.methods", "dynlm.dynamic.reading", 6),
+                               ("dynlm.data.split", "dynlm.data", 1)])
     assert cycles([("dynlm.data.a", "dynlm.data.b", 1), ("dynlm.data.b", "dynlm.data.c", 1),
                    ("dynlm.data.c", "dynlm.data.a", 1)]) == [["dynlm.data.a", "dynlm.data.b", "dynlm.data.c"]]

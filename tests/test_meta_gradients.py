@@ -5,9 +5,8 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-from dynlm.model import static_weights
-
 from dynamic_helpers import perturb, read, setup, tokens
+from dynlm.model import static_weights
 
 
 def _meta_grads(model, names, learner, segs, **kw):
@@ -81,7 +80,8 @@ def test_truncation_cuts_the_graph_at_window_boundaries():
     grads = torch.autograd.grad(losses2.mean(), list(held.values()), allow_unused=True)
     assert all(g is None for g in grads)
     # while φ does
-    assert any(g is not None for g in torch.autograd.grad(losses2.mean(), list(learner.parameters()), allow_unused=True))
+    phi_grads = torch.autograd.grad(losses2.mean(), list(learner.parameters()), allow_unused=True)
+    assert any(g is not None for g in phi_grads)
 
 
 def _live_tensor_bytes() -> int:
@@ -107,7 +107,7 @@ def test_memory_does_not_grow_with_the_number_of_windows():
     segs = tokens(4, 5, 3)
     state = None
     sizes = []
-    for window in range(6):
+    for _window in range(6):
         losses, state = read(model, learner, names, segs, keep_graph=True, state=state)
         opt.zero_grad()
         losses.mean().backward()

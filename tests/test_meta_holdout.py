@@ -17,7 +17,6 @@ from dynlm.run.scaffold import run
 from dynlm.train import train
 from dynlm.train.lm_trainer import LMTask
 from dynlm.train.meta_trainer import MetaTask, meta_split
-
 from eval_helpers import compose_eval, make_checkpoint, one_thread  # noqa: F401 (one_thread: a fixture)
 from hydra_helpers import compose_config, meta_overrides, tiny_lm_overrides
 

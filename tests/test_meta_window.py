@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 
+from dynamic_helpers import RandomStreams, tiny_meta_learning
 from dynlm.train.estimator_base import Estimator
 from dynlm.train.estimators import ESTIMATORS
 from dynlm.train.meta_trainer import fresh_window_state
 from dynlm.train.meta_window import meta_window
 from dynlm.train.window_reading import SegmentReading, read_window
-
-from dynamic_helpers import RandomStreams, tiny_meta_learning
 
 
 class ConstantGradient(Estimator):

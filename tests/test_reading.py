@@ -2,12 +2,10 @@
 import copy
 
 import pytest
-
 import torch
 
-from dynlm.dynamic.reading import read_stream, segment_bounds
-
 from dynamic_helpers import VOCAB, tiny_model
+from dynlm.dynamic.reading import read_stream, segment_bounds
 
 
 def _ids(n=97, seed=0):
@@ -63,10 +61,9 @@ def _reference_adaptive(model, rule, names, ids, seg_len, restarts=()):
 
 
 def _rule(model):
-    from dynlm.dynamic.fast_weights import select_dynamic
-    from dynlm.dynamic.dyneval import DynEvalRule
-
     from dynamic_helpers import random_stats
+    from dynlm.dynamic.dyneval import DynEvalRule
+    from dynlm.dynamic.fast_weights import select_dynamic
 
     names = select_dynamic(model, ["*"])
     return DynEvalRule(names, random_stats(model, names), eta=0.01, lam=0.02, eps=1e-3), names

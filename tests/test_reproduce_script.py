@@ -52,7 +52,8 @@ def test_reproduce_script_runs_every_step(wikitext2_dir, tmp_path):
             tuned = json.loads((out / f"tuned-{adapted}-{split}" / "results.json").read_text())
             assert list(tuned["methods"]) == ["static", "dyneval"]
             assert tuned["num_articles"] == {"valid": 2, "test": 1}[split]
-            assert (tuned["dyneval"]["eta"], tuned["dyneval"]["lam"]) == (best["dyneval"]["eta"], best["dyneval"]["lam"])
+            tuned_rule, best_rule = tuned["dyneval"], best["dyneval"]
+            assert (tuned_rule["eta"], tuned_rule["lam"]) == (best_rule["eta"], best_rule["lam"])
             assert tuned["dyneval"]["adapted"] == names
             assert f"first {tuned['num_articles']} articles ({tuned['num_tokens']} tokens)" in proc.stdout
         if lstm_only:

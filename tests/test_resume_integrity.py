@@ -11,7 +11,6 @@ import pytest
 from dynlm.run.checkpoint import CheckpointError, load_checkpoint
 from dynlm.run.setup import RunFolderError
 from dynlm.train import train
-
 from hydra_helpers import compose_config, meta_overrides, records, tiny_lm_overrides
 
 REPO = Path(__file__).resolve().parents[1]

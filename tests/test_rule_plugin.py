@@ -11,13 +11,12 @@ import torch
 from hydra.core.config_store import ConfigStore
 from torch import nn
 
+from dynamic_helpers import random_stats, tiny_model
 from dynlm.dynamic.registry import register_rule, rule_names, unregister_rule
 from dynlm.dynamic.rules import build_rule, upgrade_config
 from dynlm.eval.evaluate import evaluate
 from dynlm.run.checkpoint import load_checkpoint, save_checkpoint
 from dynlm.train import train
-
-from dynamic_helpers import random_stats, tiny_model
 from eval_helpers import compose_eval, make_checkpoint
 from hydra_helpers import compose_config, meta_overrides
 

@@ -8,7 +8,6 @@ import pytest
 from dynlm.run.checkpoint import load_checkpoint, save_checkpoint
 from dynlm.run.setup import RunFolderError
 from dynlm.train import train
-
 from hydra_helpers import compose_config, records, tiny_lm_overrides
 
 SHORT = {"trainer.max_steps": 4, "trainer.eval_interval": 4, "trainer.log_interval": 2}
@@ -85,7 +84,8 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(toy_data_d
     monkeypatch.setattr(ckpt_module.torch, "save", save_until_full)
     run = tmp_path / "run"
     over = tiny_lm_overrides(toy_data_dir, **{**SHORT, "trainer.max_steps": 4, "trainer.eval_interval": 2})
-    with pytest.raises(CheckpointWriteError, match=r"checkpoints/(best|last)\.pt .*disk full.*intact.*trainer.resume=true"):
+    with pytest.raises(CheckpointWriteError,
+                       match=r"checkpoints/(best|last)\.pt .*disk full.*intact.*trainer.resume=true"):
         train(compose_config(over), run)
     monkeypatch.setattr(ckpt_module.torch, "save", real_save)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] == 2

@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dynlm.run.progress import Progress, budget_exhausted
 from dynlm.config import TrainerConfig
+from dynlm.run.progress import Progress, budget_exhausted
 
 REPO = Path(__file__).resolve().parents[1]
 

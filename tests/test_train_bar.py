@@ -11,7 +11,6 @@ from dynlm.run.progress import Progress, TrainBar
 from dynlm.run.scaffold import done_message
 from dynlm.train.lm_trainer import LMTask
 from dynlm.train.meta_trainer import MetaTask
-
 from hydra_helpers import compose_config, tiny_lm_overrides
 
 

@@ -4,10 +4,9 @@ import math
 import pytest
 import torch
 
-from dynlm.train import train
 from dynlm.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dynlm.train import train
 from dynlm.train.ntasgd import WeightAverager
-
 from hydra_helpers import compose_config, records, tiny_lm_overrides
 
 

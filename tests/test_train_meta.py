@@ -4,12 +4,10 @@ import math
 import pytest
 import torch
 
-from dynlm.train.meta_trainer import train_meta
-from dynlm.train import train
 from dynlm.run.checkpoint import load_checkpoint
-
+from dynlm.train import train
+from dynlm.train.meta_trainer import train_meta
 from hydra_helpers import compose_config, meta_overrides, records, straight_and_resumed
-
 
 SIZES = {"meta.batch_size": 3, "meta.seg_len": 4, "meta.window": 3, "meta.gradstat_tokens": 600,
          "meta.valid_max_tokens": 300, "trainer.max_steps": 6, "trainer.eval_interval": 3}

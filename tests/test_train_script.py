@@ -51,7 +51,8 @@ def test_unknown_key_fails_before_any_work(tmp_path):
 
 
 def test_missing_data_folder_names_the_fix(tmp_path):
-    proc = _run(["scripts/train.py", "model=tiny", f"data.dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'r'}"])
+    proc = _run(["scripts/train.py", "model=tiny", f"data.dir={tmp_path / 'nowhere'}",
+                 f"hydra.run.dir={tmp_path / 'r'}"])
     assert proc.returncode != 0
     assert "data.dir" in proc.stderr or "nowhere" in proc.stderr
 
@@ -63,8 +64,8 @@ def test_wandb_offline_logging(wikitext2_slice_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
-    train(compose_config(tiny_lm_overrides(wikitext2_slice_dir, **{"logger": "wandb", "logger.mode": "offline", "trainer.max_steps": 4,
-                                                                   "trainer.eval_interval": 4})), run)
+    over = {"logger": "wandb", "logger.mode": "offline", "trainer.max_steps": 4, "trainer.eval_interval": 4}
+    train(compose_config(tiny_lm_overrides(wikitext2_slice_dir, **over)), run)
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline, list(run.rglob("*"))[:20]
     assert any(p.suffix == ".wandb" for p in offline[0].iterdir())

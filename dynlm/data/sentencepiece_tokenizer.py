@@ -109,7 +109,7 @@ class SentencePieceTokenizer:
         return {"kind": self.kind, "model_proto": self.model_proto}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "SentencePieceTokenizer":
+    def from_state_dict(cls, state: dict[str, Any]) -> SentencePieceTokenizer:
         return cls(state["model_proto"])
 
     # The SWIG processor does not pickle; the proto does.

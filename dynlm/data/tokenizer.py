@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
-
 EOS = "<eos>"
 
 
@@ -36,7 +35,7 @@ class Tokenizer(Protocol):
         ...
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "Tokenizer": ...
+    def from_state_dict(cls, state: dict[str, Any]) -> Tokenizer: ...
 
 
 def as_int_list(ids: Iterable[int]) -> list[int]:

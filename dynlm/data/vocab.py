@@ -32,7 +32,7 @@ class WordVocab:
         self.unk_id: Optional[int] = self.stoi.get(UNK)
 
     @classmethod
-    def build(cls, lines: Iterable[str]) -> "WordVocab":
+    def build(cls, lines: Iterable[str]) -> WordVocab:
         # dict.fromkeys keeps first-occurrence order and runs in C.
         return cls(list(dict.fromkeys(chain.from_iterable(map(line_words, lines)))))
 
@@ -71,5 +71,5 @@ class WordVocab:
         return {"kind": self.kind, "tokens": list(self.itos)}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "WordVocab":
+    def from_state_dict(cls, state: dict[str, Any]) -> WordVocab:
         return cls(state["tokens"])

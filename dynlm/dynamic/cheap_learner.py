@@ -90,7 +90,8 @@ class ContextRule(DynEvalRule):
         """`[2, B, tensors]` (s_step, s_decay) from `shared [B, 4]` and `grad_feats [B, tensors]`."""
         w, c = self.weight, self.bias
         # W[:, n] · [shared, grad_n] + c[:, n]: the shared features are one matmul for every tensor
-        logits = torch.einsum("bf,knf->kbn", shared, w[..., :-1]) + w[..., -1].unsqueeze(1) * grad_feats + c.unsqueeze(1)
+        shared_part = torch.einsum("bf,knf->kbn", shared, w[..., :-1])
+        logits = shared_part + w[..., -1].unsqueeze(1) * grad_feats + c.unsqueeze(1)
         log_s = logits.clamp(-MAX_LOG_SCALE, MAX_LOG_SCALE)
         return torch.stack([log_s[0], torch.minimum(log_s[1], self.log_decay_cap)]).exp()
 

@@ -43,10 +43,10 @@ class GradStats:
         return {"v": {n: t.detach().cpu() for n, t in self.v.items()}, "tokens": self.tokens}
 
     @staticmethod
-    def from_state_dict(d: Mapping, device=None) -> "GradStats":
+    def from_state_dict(d: Mapping, device=None) -> GradStats:
         return GradStats({n: t.to(device) for n, t in d["v"].items()}, int(d["tokens"]))
 
-    def restricted(self, names: Sequence[str]) -> "GradStats":
+    def restricted(self, names: Sequence[str]) -> GradStats:
         """The statistics of `names` only: decay_norm and the means are then over those tensors alone. v of a
         coordinate does not depend on which others are measured (the same batches, the same loss)."""
         self.check_covers(names)

@@ -18,8 +18,8 @@ def _same(t: Tensor) -> Tensor:
 class ReadingState:
     lm: LMState  # per layer (h [B, H], c [B, H])
     fast: FastWeights  # name -> [B, *shape]
-    # learner state, one row per stream: per coordinate [B, *shape] (a momentum) or per stream [B, k] (a running context);
-    # [1, ...] while still at its initial value shared by every stream
+    # learner state, one row per stream: per coordinate [B, *shape] (a momentum) or per stream [B, k] (a running
+    # context); [1, ...] while still at its initial value shared by every stream
     learner: Dict[str, Tensor] = field(default_factory=dict)
     # the fast weights this state's updates and resets made (never θ0's memory): a reading loop that gives them up
     # may have the next update written into them (`adapt_segment(reuse_weights=True)`)
@@ -29,7 +29,7 @@ class ReadingState:
     def batch_size(self) -> int:
         return self.lm[0][0].shape[0]
 
-    def detach(self) -> "ReadingState":
+    def detach(self) -> ReadingState:
         """Truncation point of meta-BPTT: nothing before here receives gradient."""
         return ReadingState(
             detach_state(self.lm),
@@ -38,7 +38,7 @@ class ReadingState:
             self.owned,
         )
 
-    def reset(self, mask: Tensor, theta0: Mapping[str, Tensor]) -> "ReadingState":
+    def reset(self, mask: Tensor, theta0: Mapping[str, Tensor]) -> ReadingState:
         """Streams where `mask [B]` is True restart: zero (h, c), θ0 weights, zero learner state."""
         if not bool(mask.any()):
             return self
@@ -58,7 +58,7 @@ class ReadingState:
         }
 
     @staticmethod
-    def from_dict(d: dict, device, rows: Callable[[Tensor], Tensor] = _same) -> "ReadingState":
+    def from_dict(d: dict, device, rows: Callable[[Tensor], Tensor] = _same) -> ReadingState:
         """The inverse of `to_dict`: `rows` first picks this rank's streams (`dist.shard_streams`)."""
         return ReadingState(
             [(rows(h).to(device), rows(c).to(device)) for h, c in d["lm"]],

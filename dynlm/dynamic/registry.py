@@ -134,5 +134,5 @@ def build_rule(cfg: Any, names: Sequence[str], stats: GradStats) -> nn.Module:
     return spec.cls(names, stats, **{k: cfg.get(k, defaults[k]) for k in spec.keys})
 
 
-__all__ = ["GROUP", "LEARNED", "RuleConfigError", "RuleSpec", "build_rule", "check_rule_config", "register_rule", "rule_config",
-           "rule_names", "rule_spec", "unregister_rule"]
+__all__ = ["GROUP", "LEARNED", "RuleConfigError", "RuleSpec", "build_rule", "check_rule_config", "register_rule",
+           "rule_config", "rule_names", "rule_spec", "unregister_rule"]

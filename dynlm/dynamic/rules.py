@@ -13,8 +13,19 @@ from typing import Any, Dict
 
 from ..config import RENAMED_KEYS
 from . import cheap_learner, dyneval, meta_learner  # noqa: F401 - registers the built-in rules
-from .registry import (GROUP, LEARNED, RuleConfigError, RuleSpec, build_rule, check_rule_config, register_rule, rule_config,
-                       rule_names, rule_spec, unregister_rule)
+from .registry import (
+    GROUP,
+    LEARNED,
+    RuleConfigError,
+    RuleSpec,
+    build_rule,
+    check_rule_config,
+    register_rule,
+    rule_config,
+    rule_names,
+    rule_spec,
+    unregister_rule,
+)
 
 OLD_DEFAULT_RULE = "gated"  # what a checkpoint meant when its meta config named no rule
 
@@ -44,5 +55,5 @@ def upgrade_config(config: Dict[str, Any]) -> Dict[str, Any]:
     return new
 
 
-__all__ = ["GROUP", "LEARNED", "RuleConfigError", "RuleSpec", "build_rule", "check_rule_config", "register_rule", "rule_config",
-           "rule_names", "rule_spec", "unregister_rule", "upgrade_config"]
+__all__ = ["GROUP", "LEARNED", "RuleConfigError", "RuleSpec", "build_rule", "check_rule_config", "register_rule",
+           "rule_config", "rule_names", "rule_spec", "unregister_rule", "upgrade_config"]

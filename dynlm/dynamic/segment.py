@@ -140,8 +140,8 @@ def adapt_segment(
         detached = {n: t.detach() for n, t in fast.items()}
         new_fast, learner, diag = rule(detached, grads, theta0, seg_loss.detach(), state.learner)
     # the rule's outputs are new tensors (or, where allowed, the old ones' memory): this reading owns them
-    return (seg_loss.detach(), nll.detach(), ReadingState(detach_state(lm_state), new_fast, learner, frozenset(new_fast)),
-            diag)
+    new_state = ReadingState(detach_state(lm_state), new_fast, learner, frozenset(new_fast))
+    return seg_loss.detach(), nll.detach(), new_state, diag
 
 
 __all__ = ["adapt_segment", "segment_losses"]

@@ -27,14 +27,19 @@ from .. import dist
 from ..dynamic.rules import LEARNED
 from ..run.logger import RunLogger
 from ..run.setup import config_dict, save_resolved_config
-from .html import article_page, color_scale, helps_most_least
-from .outputs import write_article_csv, write_results, write_token_csv, write_token_losses
-from .plots import plot_article_ppl, plot_instant_gain, plot_position
 from .aggregate import (
-    article_rows, bin_centers, method_totals, moving_average, position_bins, relative_position,
+    article_rows,
+    bin_centers,
+    method_totals,
+    moving_average,
+    position_bins,
+    relative_position,
 )
+from .html import article_page, color_scale, helps_most_least
 from .inputs import EvalInputs, load_inputs
 from .methods import ensure_grad_stats, run_methods
+from .outputs import write_article_csv, write_results, write_token_csv, write_token_losses
+from .plots import plot_article_ppl, plot_instant_gain, plot_position
 from .text_input import text_summary
 from .wandb_panels import log_evaluation
 
@@ -206,8 +211,9 @@ def print_summary(results: dict, run_dir: Path) -> None:
         word = f"  word ppl {v['word_ppl']:.2f}" if "word_ppl" in v else ""
         print0(f"  {m:8s} ppl {v['ppl']:10.2f}  loss {v['loss']:.4f}{word}")
     if results.get("grad_stats") and results["grad_stats"]["source"] in ("measured", "cached"):
-        print0(f"  (the fixed rules used gradient statistics measured on {results['grad_stats']['tokens']} train tokens, "
-               f"{results['grad_stats']['source']})")
+        stats = results["grad_stats"]
+        print0(f"  (the fixed rules used gradient statistics measured on {stats['tokens']} train tokens, "
+               f"{stats['source']})")
     text = results.get("text")
     if text is not None:
         print0(f"  ({text['unknown_words']} of {text['words']} words read as <unk>; every token's loss in "

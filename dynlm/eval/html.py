@@ -3,8 +3,8 @@
 Green: the adaptive method predicts the token better than the static model; red: worse; white: the same.
 The colour scale is symmetric and saturates at `scale` nats (shown in the legend, which stays at the top of the
 window while the text scrolls); an evaluation gives all its pages the same scale (`color_scale` of every token
-it read), so that colours compare across pages; hovering a token shows both losses. Every page can name, by title, the articles
-where the method helps most and least (`extremes`). Tokens are HTML-escaped (`<unk>` shows as text).
+it read), so that colours compare across pages; hovering a token shows both losses. Every page can name, by title,
+the articles where the method helps most and least (`extremes`). Tokens are HTML-escaped (`<unk>` shows as text).
 """
 from __future__ import annotations
 

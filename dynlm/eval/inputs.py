@@ -23,14 +23,19 @@ from ..dynamic.fast_weights import select_dynamic
 from ..dynamic.grad_stats import GradStats
 from ..dynamic.rules import LEARNED, rule_config, rule_names
 from ..model import AWDLSTM
-from ..run.checkpoint import CheckpointError, load_checkpoint
-from ..run.from_checkpoint import (check_data_matches, holdout_articles, lm_from_checkpoint, load_learner,
-                                   stored_grad_stats)
 from ..run.allocator import keep_freed_memory_on
+from ..run.checkpoint import CheckpointError, load_checkpoint
+from ..run.from_checkpoint import (
+    check_data_matches,
+    holdout_articles,
+    lm_from_checkpoint,
+    load_learner,
+    stored_grad_stats,
+)
 from ..run.setup import select_device
 from .aggregate import article_word_counts
-from .config import methods as all_methods
 from .config import EvalRunConfig
+from .config import methods as all_methods
 from .text_input import load_text_corpus
 
 
@@ -81,8 +86,9 @@ def check_options(cfg: DictConfig) -> Optional[List[str]]:
     methods = None if cfg.methods is None else list(cfg.methods)
     if methods is not None:
         if "meta" in methods:
+            renamed = ",".join(LEARNED if m == "meta" else m for m in methods)
             raise EvalConfigError(f"methods={methods}: the method meta is now called {LEARNED} (the checkpoint's "
-                                  f"learned rule): use methods=[{','.join(LEARNED if m == 'meta' else m for m in methods)}]")
+                                  f"learned rule): use methods=[{renamed}]")
         unknown = [m for m in methods if m not in all_methods()]
         if unknown or not methods:
             raise EvalConfigError(

@@ -1,8 +1,8 @@
 """Running the methods on one checkpoint: per-token losses of the split (or its first articles) per method.
 
 Every method goes through the one reading loop (`dynamic/reading.py`): the split read as one continuous stream,
-the standard WikiText protocol (or as `eval.streams` article-aligned streams side by side); with `reset_per_article` every article starts from a fresh state (zero (h, c),
-the static weights) for every method alike.
+the standard WikiText protocol (or as `eval.streams` article-aligned streams side by side); with
+`reset_per_article` every article starts from a fresh state (zero (h, c), the static weights) for every method alike.
 """
 from __future__ import annotations
 

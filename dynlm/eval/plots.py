@@ -12,7 +12,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from torch import Tensor  # noqa: E402
 
 from ..dynamic.rules import LEARNED  # noqa: E402

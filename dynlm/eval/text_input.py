@@ -54,7 +54,9 @@ def describe(text: TextFile) -> str:
     line = f"text {text.path}: {s.num_tokens} tokens, {s.num_articles} article(s)"
     unknown = sum(text.unknown.values())
     if unknown:
-        shown = ", ".join(w for w, _ in text.unknown.most_common(SHOWN_UNKNOWN)) + (", ..." if len(text.unknown) > SHOWN_UNKNOWN else "")
+        shown = ", ".join(w for w, _ in text.unknown.most_common(SHOWN_UNKNOWN))
+        if len(text.unknown) > SHOWN_UNKNOWN:
+            shown += ", ..."
         line += (f"; {unknown} of its {text.num_words} words ({100 * unknown / text.num_words:.1f}%) are not in the "
                  f"checkpoint's vocabulary and are read as <unk> ({shown}). A word vocabulary splits on spaces "
                  "only: tokenize the text as its training data was (WikiText: ` , ` ` . ` ` @-@ ` apart)")

@@ -191,7 +191,7 @@ class FactoredStep:
             torch._dynamo.mark_dynamic(t, dims)
         return theta, flush, anchored, gain, d, u
 
-    def product_step(self, theta, flush, anchored, gain, grad: "FactoredGradient", s_decay, s_step) -> Tensor:
+    def product_step(self, theta, flush, anchored, gain, grad: FactoredGradient, s_decay, s_step) -> Tensor:
         """The step with the product's part of G: compiled for a large matrix (unless compiling has failed), into
         θ where `grad.overwrite` allows it; else blocks, into a new tensor."""
         args = (theta, flush, anchored, gain, grad.d, grad.u, s_decay, s_step)
@@ -208,7 +208,7 @@ class FactoredStep:
                             type(err).__name__, str(err).splitlines()[0] if str(err) else "")
         return _blocked_step(*args, block_rows=self.block_rows)
 
-    def __call__(self, theta: Tensor, flush: Tensor, anchored: Tensor, gain: Tensor, grad: "FactoredGradient",
+    def __call__(self, theta: Tensor, flush: Tensor, anchored: Tensor, gain: Tensor, grad: FactoredGradient,
                  s_decay: Optional[Tensor] = None, s_step: Optional[Tensor] = None) -> Tensor:
         """θ + s_decay · (anchored − flush ⊙ θ) − s_step · gain ⊙ G for a per-stream matrix `θ [B, R, C]` (a
         broadcast view is fine), the rule's per-coordinate constants `[R, C]` (anchored = flush ⊙ θ0) and

@@ -42,7 +42,7 @@ from ..maths.lstm import lstm_layer_reference
 State = Tuple[Tensor, Tensor]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _last_level_cache_bytes() -> int:
     """Largest CPU cache reported by Linux sysfs (read once, at the first call), or 32 MiB when it cannot be
     read."""

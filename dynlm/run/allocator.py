@@ -18,7 +18,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _GLIBC_MMAP_MAX = 65536  # glibc's default number of mmapped blocks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _libc() -> Optional[ctypes.CDLL]:
     try:
         libc = ctypes.CDLL("libc.so.6")

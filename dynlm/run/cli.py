@@ -208,13 +208,14 @@ def check_overrides(args: List[str], schema, conf_dir: Path,
         chosen = _chosen(args, group, Path(conf_dir) / "config.yaml")
         if chosen not in options:
             check_option(group, str(chosen), dirs)  # a typo: the closest YAML file
-            raise UnknownKeyError(f"unknown {group}={chosen}: choose among " + ", ".join(f"{group}={o}" for o in options))
+            choices = ", ".join(f"{group}={o}" for o in options)
+            raise UnknownKeyError(f"unknown {group}={chosen}: choose among {choices}")
         _refuse_other_options_keys(keys, group, chosen, options)
         tree[group] = _schema_tree(options[chosen])
         typed[group] = OmegaConf.structured(options[chosen])
     known, sections = set(_dotted(tree)), set(tree)
     unknown = []
-    for arg, override in parsed:
+    for _arg, override in parsed:
         key = override.key_or_group
         if key.split(".")[0] == "hydra" or key.startswith("hydra/"):  # Hydra's own
             if key == "hydra.run.dir" and not override.is_sweep_override() and "${" not in str(override.value()):

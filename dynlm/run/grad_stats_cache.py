@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # bump when measure_grad_stats changes what it returns (2: Krause's batch-mean gradients)
 
 
-def cache_path(cache_dir: Optional[str], ckpt_sha256: str, split_sha256: str, names: Sequence[str], tokens: Optional[int],
-               streams: int, seg_len: int) -> Path:
-    key = "|".join([ckpt_sha256, split_sha256, ",".join(names), "all" if tokens is None else str(tokens), str(streams), str(seg_len),
-                    f"v{CACHE_VERSION}"])
+def cache_path(cache_dir: Optional[str], ckpt_sha256: str, split_sha256: str, names: Sequence[str],
+               tokens: Optional[int], streams: int, seg_len: int) -> Path:
+    key = "|".join([ckpt_sha256, split_sha256, ",".join(names), "all" if tokens is None else str(tokens), str(streams),
+                    str(seg_len), f"v{CACHE_VERSION}"])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return cache_root(cache_dir) / "grad_stats" / f"{digest}.pt"
 

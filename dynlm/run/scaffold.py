@@ -29,8 +29,21 @@ from .checkpoint import capture_rng, intact_checkpoint, load_checkpoint, remove_
 from .jsonl import cut_after_step
 from .logger import RunLogger
 from .progress import Progress, TrainBar, budget_exhausted, limits_reached
-from .setup import LOG_FILE, asks_resume_here, check_run_dir, check_writable, clear_run_dir, config_dict, \
-    mark_owner, restore_rank_rng, resume_path, save_resolved_config, seed_everything, seed_rank, select_device
+from .setup import (
+    LOG_FILE,
+    asks_resume_here,
+    check_run_dir,
+    check_writable,
+    clear_run_dir,
+    config_dict,
+    mark_owner,
+    restore_rank_rng,
+    resume_path,
+    save_resolved_config,
+    seed_everything,
+    seed_rank,
+    select_device,
+)
 
 
 class DivergedError(DynlmError, FloatingPointError):

@@ -169,7 +169,8 @@ class LMTask:
         return out
 
     def postfix(self, m: Dict[str, float]) -> Dict[str, str]:
-        return {"loss": f"{m['train/loss']:.3f}", "ppl": f"{m['train/ppl']:.1f}", "tok_s": f"{m['train/tokens_per_s']:.0f}"}
+        return {"loss": f"{m['train/loss']:.3f}", "ppl": f"{m['train/ppl']:.1f}",
+                "tok_s": f"{m['train/tokens_per_s']:.0f}"}
 
     def steps_for_epochs(self, p: Progress, epochs: int) -> float:
         # every epoch reads T - 1 time steps, in steps of expected_seq_len, the last one cut short (about half)

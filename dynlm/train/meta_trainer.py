@@ -24,8 +24,14 @@ from ..dynamic.reading_state import ReadingState, fresh_state
 from ..dynamic.rules import LEARNED, build_rule, check_rule_config, rule_names
 from ..model import LMState, static_weights
 from ..run.checkpoint import load_checkpoint, load_weights
-from ..run.from_checkpoint import (check_data_matches, check_heldout_matches, check_resumed_data, grad_stats_for,
-                                   holdout_articles, lm_from_checkpoint)
+from ..run.from_checkpoint import (
+    check_data_matches,
+    check_heldout_matches,
+    check_resumed_data,
+    grad_stats_for,
+    holdout_articles,
+    lm_from_checkpoint,
+)
 from ..run.logger import RunLogger
 from ..run.progress import Progress
 from ..run.scaffold import DivergedError, run
@@ -191,8 +197,9 @@ class MetaTask:
     def metrics(self, progress: Progress, seconds: float) -> Dict[str, float]:
         r = self._last
         out = {
-            "meta/loss": r.meta_loss, "meta/static_loss": r.static_loss, "meta/improvement": r.static_loss - r.meta_loss,
-            "meta/skipped_updates": r.skipped, "meta/tokens_per_s": self._tokens / seconds, "meta/tokens": progress.tokens,
+            "meta/loss": r.meta_loss, "meta/static_loss": r.static_loss,
+            "meta/improvement": r.static_loss - r.meta_loss, "meta/skipped_updates": r.skipped,
+            "meta/tokens_per_s": self._tokens / seconds, "meta/tokens": progress.tokens,
         }
         out.update({f"meta/{k}": v for k, v in r.diag.items()})
         self._tokens = 0
@@ -227,7 +234,8 @@ class MetaTask:
         }
 
     def result(self, progress: Progress, valid_loss: float) -> Dict[str, float]:
-        return {"step": progress.step, f"valid/{LEARNED}/loss": valid_loss, f"valid/{LEARNED}/ppl": math.exp(valid_loss)}
+        return {"step": progress.step, f"valid/{LEARNED}/loss": valid_loss,
+                f"valid/{LEARNED}/ppl": math.exp(valid_loss)}
 
 
 def train_meta(cfg: DictConfig, run_dir: str | Path, on_window: Optional[WindowHook] = None) -> Dict[str, float]:

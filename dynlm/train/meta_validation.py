@@ -37,7 +37,8 @@ def quick_valid_tokens(split, valid_articles: int, max_tokens: Optional[int]) ->
     return end if max_tokens is None else min(end, int(max_tokens))
 
 
-def quick_adaptive_valid(model, learner, stats, names, corpus, cfg, logger=None, step: Optional[int] = None) -> Dict[str, float]:
+def quick_adaptive_valid(model, learner, stats, names, corpus, cfg, logger=None,
+                         step: Optional[int] = None) -> Dict[str, float]:
     split = corpus.splits["valid"]
     ids = split.ids[: quick_valid_tokens(split, cfg.meta.valid_articles, cfg.meta.valid_max_tokens)]
     eos, seg = corpus.tokenizer.eos_id, cfg.meta.seg_len

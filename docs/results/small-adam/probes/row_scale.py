@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 import torch
-
 from hydra import compose, initialize_config_dir
 
 from dynlm.dynamic.dyneval import DynEvalRule
-from dynlm.kernels.factored_gradient import FactoredGradient, TableGradient
 from dynlm.eval.config import register_eval_configs
 from dynlm.eval.inputs import load_inputs
 from dynlm.eval.methods import ensure_grad_stats, run_methods
+from dynlm.kernels.factored_gradient import FactoredGradient, TableGradient
 
 CONF = Path(__file__).resolve().parents[4] / "conf"
 
