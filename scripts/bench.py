@@ -32,6 +32,13 @@ rules read are measured on it through `grad_stats_for`, the path stage 2 and eva
                   same tokens (the window's K·L tokens of the B streams as one [K·L, B] batch);
                   `es_vs_stage1`: the same with `meta.estimator=es` (K=32: 2P + 1 reads of the window without
                   a graph) per token / `lm_step` per token.
+- `joint_train`   joint training (issue #25: θ0 trained with the rule in the loop): time per token of `meta_window`
+                  with `meta.train_static=true`, `rule=cheap`, `meta.dynamic=[*]` (every parameter adapting), B=4,
+                  L=5, K=4, checkpointed, first order (ratio, target <= 3) and `meta.second_order=true`
+                  (`second_order_ratio`, target <= 8) / `lm_step` per token on the same tokens (as `meta_train`);
+                  `memory_ratio_first`, `memory_ratio_second`: peak memory of one such window at K = 32 / K = 4
+                  (`memory_windows`, measured as the `memory` figure does, after one window read, so that Adam's
+                  first allocation of its moments for θ0 is not counted; target <= 1.5).
 - `adaptive_eval` time per token of `dynlm.dynamic.reading.read_stream` with the `meta` rule and the
                   `dyneval` rule (`build_rule(rule_config(name, like=cfg.rule), ...)`, L = meta.seg_len, batch 1)
                   / static `read_stream` (`data.eval_bptt` tokens per forward pass), on the synthetic valid tokens;
@@ -97,16 +104,19 @@ from dynlm.train.lm_trainer import build_optimizer, lm_step  # noqa: E402
 from dynlm.train.meta_learning import MetaLearning  # noqa: E402
 from dynlm.train.meta_trainer import build_meta_learning, fresh_window_state, next_window  # noqa: E402
 
-FIGURES = ("lstm_fwd_bwd", "lm_train", "meta_train", "adaptive_eval", "grad_stats", "dyneval", "memory")
+FIGURES = ("lstm_fwd_bwd", "lm_train", "meta_train", "joint_train", "adaptive_eval", "grad_stats", "dyneval", "memory")
 TARGETS = {
     "lstm_fwd_bwd": ("<=", 4.0),
     "lm_train": (">=", 0.9),
     "meta_train": ("<=", 3.0),
+    "joint_train": ("<=", 3.0),  # first order; second order and memory: the two constants below
     "adaptive_eval": ("<=", 4.0),
     "grad_stats": ("<=", 4.0),
     "dyneval": ("<=", 4.0),
     "memory": ("<=", 1.5),
 }
+JOINT_SECOND_ORDER_TARGET = 8.0  # joint_train's second order per token / stage 1 per token (issue #25)
+JOINT_MEMORY_TARGET = 1.5  # joint_train's peak memory of a window, largest K / smallest K
 CHEAP_TARGET = 1.3  # adaptive_eval's `cheap_vs_dyneval`: rule=cheap per token / dyneval per token
 
 
@@ -495,6 +505,71 @@ def fig_meta_train(s: Sizes, device, quick: bool) -> dict:
     )
 
 
+# The joint-training windows (issue #25): θ0 trained with the rule in the loop, every parameter adapting.
+JOINT = {"rule": "cheap", "meta.train_static": True, "meta.dynamic": "[*]", "meta.checkpoint_segments": True}
+
+
+def fig_joint_train(s: Sizes, device, quick: bool) -> dict:
+    """Joint training's window (`meta_window` with `meta.train_static=true`: θ0's gradient through the updates,
+    φ's in the same backward), first and second order, per token / `lm_step` per token on the same tokens; then
+    the peak memory of its window for each K of `s.memory_windows` (`window_peaks`), each order."""
+    cfg = bench_config(s, **JOINT)
+    data = synthetic_data(s)
+    model, names, streams, stats = stage2_setup(cfg, s, data, device)
+
+    def windows(k: int, second_order: bool) -> MetaWindows:
+        c = bench_config(s, **JOINT, **{"meta.window": k, "meta.second_order": second_order})
+        return MetaWindows(build_meta_learning(c.meta, c.rule, model, names, stats), streams)
+
+    K, L, B = cfg.meta.window, cfg.meta.seg_len, streams.num_streams
+    position = [0]
+
+    def next_tokens():  # in step with the windows: each call the next window's tokens as one [K·L, B] batch
+        x, y = window_tokens(streams, position[0], K, device)
+        position[0] += K
+        return x, y
+
+    stage1 = LMSteps(cfg, stage1_model(cfg, data, device), next_tokens)
+    reports: Dict[str, List] = {"first": [], "second": []}
+    timed = {"first": windows(K, False), "second": windows(K, True)}
+    fns = {o: functools.partial(lambda o: reports[o].append(timed[o]()), o) for o in timed}
+    times = interleaved({**fns, "stage1": stage1}, s.reps, s.warmup, device)
+    n = K * L * B
+    second_ratio = paired_ratio(times, "second", "stage1")
+    timed.clear()  # their reading states are not part of the peaks below
+    gc.collect()
+    if device.type == "cpu":
+        return_freed_memory()  # resident memory tracks what is live while measuring
+    peaks: Dict[str, float] = {}
+    extrapolated: List[str] = []
+    for order, label in ((False, "first"), (True, "second")):
+        windows(1, order)()  # first-call allocations outside the measurements
+        more, guessed, method = window_peaks(functools.partial(windows, second_order=order), s.memory_windows,
+                                             label, device, warm=True)
+        peaks.update(more)
+        extrapolated += guessed
+    if device.type == "cpu":
+        keep_freed_memory()  # back to how the other figures (and training) allocate
+    k_lo, k_hi = s.memory_windows[0], s.memory_windows[-1]
+    memory = {o: peaks[f"K{k_hi}_{o}_mb"] / peaks[f"K{k_lo}_{o}_mb"] for o in ("first", "second")}
+    return emit(
+        "joint_train", paired_ratio(times, "first", "stage1"), s, quick, device,
+        second_order_ratio=second_ratio, second_order_target=f"<= {JOINT_SECOND_ORDER_TARGET}",
+        second_order_met=bool(second_ratio <= JOINT_SECOND_ORDER_TARGET),
+        first_ms_per_token=1e3 * med(times["first"]) / n, second_ms_per_token=1e3 * med(times["second"]) / n,
+        stage1_ms_per_token=1e3 * med(times["stage1"]) / n,
+        skipped_windows=sum(bool(r.skipped) for rs in reports.values() for r in rs),
+        memory_ratio_first=memory["first"], memory_ratio_second=memory["second"],
+        memory_ratio_name=f"K{k_hi} / K{k_lo}", memory_target=f"<= {JOINT_MEMORY_TARGET}",
+        memory_met=bool(max(memory.values()) <= JOINT_MEMORY_TARGET), method=method, **peaks,
+        extrapolated=extrapolated,
+        compared=f"meta_window (rule={cfg.rule.name}, dynamic={list(cfg.meta.dynamic)}, train_static="
+                 f"{cfg.meta.train_static}, checkpointed={cfg.meta.checkpoint_segments}; first and second order) "
+                 "vs lm_step on its tokens",
+        sizes=sizes_of(cfg, data, B=B, L=L, K=K, memory_K=list(s.memory_windows)),
+    )
+
+
 def fig_adaptive_eval(s: Sizes, device, quick: bool) -> dict:
     cfg = bench_config(s)
     data = synthetic_data(s)
@@ -680,10 +755,43 @@ def _available_bytes() -> int:
     return 1 << 62
 
 
+def window_peaks(make: Callable[[int], MetaWindows], ks: Sequence[int], label: str, device,
+                 warm: bool = False) -> Tuple[Dict[str, float], List[str], str]:
+    """Peak memory in MB of one window of `make(K)` for each K of `ks` (increasing), keyed `K{K}_{label}_mb`; the
+    keys extrapolated instead of run; the measuring method. On CPU a K whose peak, extrapolated linearly in K from
+    the two previous ones, would take more than 40% of the available memory is not run (the machine is shared).
+    `warm`: one window is read before the measured one, so that what the optimiser allocates at its first step
+    (Adam's moments, as large as θ0 when θ0 trains) is not counted as the window's."""
+    peaks: Dict[str, float] = {}
+    extrapolated: List[str] = []
+    done: List[tuple] = []
+    method = ""
+    for k in ks:
+        key = f"K{k}_{label}_mb"
+        if len(done) >= 2 and device.type == "cpu":
+            (k1, p1), (k2, p2) = done[-2:]
+            guess = p2 + (p2 - p1) / (k2 - k1) * (k - k2)
+            if guess * 2**20 > 0.4 * _available_bytes():
+                peaks[key] = guess
+                extrapolated.append(key)
+                done.append((k, guess))
+                continue
+        win = make(k)
+        if warm:
+            win()
+        gc.collect()
+        with PeakMemory(device) as pm:
+            win()
+        method = pm.method
+        peaks[key] = pm.peak / 2**20
+        done.append((k, peaks[key]))
+        del win
+        gc.collect()
+    return peaks, extrapolated, method
+
+
 def fig_memory(s: Sizes, device, quick: bool) -> dict:
-    """Peaks in MB for each K, in increasing K. A configuration whose peak, extrapolated linearly in K from
-    the two previous ones, would take more than 40% of the available memory is not run (the machine is
-    shared): its value is the extrapolation, listed under `extrapolated`."""
+    """Peaks in MB for each K, in increasing K (`window_peaks`: a K too large for the machine is extrapolated)."""
     if device.type == "cpu":
         return_freed_memory()  # before anything is allocated for the measurements (the warm-up included)
     cfg = bench_config(s)
@@ -696,43 +804,21 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
 
     peaks: Dict[str, float] = {}
     extrapolated: List[str] = []
-    method = ""
     for ckpt in (True, False):  # first-call allocations (thread pools, lazy caches) outside the measurements
         windows(1, ckpt)()
     for ckpt in (True, False):
-        done: List[tuple] = []
-        for k in s.memory_windows:
-            key = f"K{k}_{'ckpt' if ckpt else 'plain'}_mb"
-            if len(done) >= 2 and device.type == "cpu":
-                (k1, p1), (k2, p2) = done[-2:]
-                guess = p2 + (p2 - p1) / (k2 - k1) * (k - k2)
-                if guess * 2**20 > 0.4 * _available_bytes():
-                    peaks[key] = guess
-                    extrapolated.append(key)
-                    done.append((k, guess))
-                    continue
-            win = windows(k, ckpt)
-            gc.collect()
-            with PeakMemory(device) as pm:
-                win()
-            method = pm.method
-            peaks[key] = pm.peak / 2**20
-            done.append((k, peaks[key]))
-            del win
-            gc.collect()
+        more, guessed, method = window_peaks(functools.partial(windows, ckpt=ckpt), s.memory_windows,
+                                             "ckpt" if ckpt else "plain", device)
+        peaks.update(more)
+        extrapolated += guessed
     k_lo, k_hi = s.memory_windows[0], s.memory_windows[-1]
     def es_windows(k: int) -> MetaWindows:
         c = bench_config(s, **{"meta.window": k, "meta.estimator": "es"})
         return MetaWindows(build_meta_learning(c.meta, c.rule, model, names, stats), streams)
 
     es_windows(1)()  # its first-call allocations outside the measurements too
-    for k in (k_lo, k_hi):  # the ES estimator: no graph, so its peak should not grow with K
-        win = es_windows(k)
-        gc.collect()
-        with PeakMemory(device) as pm:
-            win()
-        peaks[f"K{k}_es_mb"] = pm.peak / 2**20
-        del win
+    # the ES estimator: no graph, so its peak should not grow with K
+    peaks.update(window_peaks(es_windows, (k_lo, k_hi), "es", device)[0])
     es_ratio = peaks[f"K{k_hi}_es_mb"] / peaks[f"K{k_lo}_es_mb"]
     ratio = peaks[f"K{k_hi}_ckpt_mb"] / peaks[f"K{k_lo}_ckpt_mb"]
     ckpt_vs_plain = peaks[f"K{k_hi}_ckpt_mb"] / peaks[f"K{k_hi}_plain_mb"]
@@ -749,7 +835,8 @@ def fig_memory(s: Sizes, device, quick: bool) -> dict:
 
 RUNNERS = {
     "lstm_fwd_bwd": fig_lstm_fwd_bwd, "lm_train": fig_lm_train, "meta_train": fig_meta_train,
-    "adaptive_eval": fig_adaptive_eval, "grad_stats": fig_grad_stats, "dyneval": fig_dyneval, "memory": fig_memory,
+    "joint_train": fig_joint_train, "adaptive_eval": fig_adaptive_eval, "grad_stats": fig_grad_stats,
+    "dyneval": fig_dyneval, "memory": fig_memory,
 }
 
 

@@ -82,20 +82,24 @@ def dyneval_for(learner: GatedMetaLearner, stats: GradStats) -> DynEvalRule:
     return DynEvalRule(learner.names, stats, eta=learner.eta, lam=learner.lam, eps=learner.eps)
 
 
-def tiny_meta_learning(**meta):
-    """Stage 2's `MetaLearning` for the cheap rule on `tiny_model(dropout=True)`'s LSTM layers: K = 3 segments of
-    L = 4 tokens, B = 2 streams (`RandomStreams`), with the `meta` settings given."""
+def tiny_meta_learning(model=None, dynamic=("layers.*",), eta=0.01, lam=0.02, **meta):
+    """Stage 2's `MetaLearning` for the cheap rule (η, λ) over the `dynamic` parameters of `model` (default:
+    `tiny_model(dropout=True)`; φ in the model's dtype): K = 3 segments of L = 4 tokens, B = 2 streams
+    (`RandomStreams`), with the `meta` settings given."""
     from omegaconf import OmegaConf
 
     from dynlm.config import MetaConfig
     from dynlm.dynamic.rules import rule_config
     from dynlm.train.meta_trainer import build_meta_learning
 
-    model = tiny_model(dropout=True)
-    names = [n for n, _ in model.named_parameters() if n.startswith("layers.")]
-    mc = OmegaConf.merge(OmegaConf.structured(MetaConfig), {"window": 3, "seg_len": 4, "batch_size": 2, **meta})
-    rule = rule_config("cheap", like={"eta": 0.01, "lam": 0.02})
-    return build_meta_learning(mc, rule, model, names, random_stats(model, names))
+    model = tiny_model(dropout=True) if model is None else model
+    names = select_dynamic(model, dynamic)
+    mc = OmegaConf.merge(OmegaConf.structured(MetaConfig), {"window": 3, "seg_len": 4, "batch_size": 2,
+                                                            "dynamic": list(dynamic), **meta})
+    rule = rule_config("cheap", like={"eta": eta, "lam": lam})
+    ml = build_meta_learning(mc, rule, model, names, random_stats(model, names))
+    ml.learner.to(next(model.parameters()).dtype)  # in place: the optimiser keeps the same parameters
+    return ml
 
 
 class RandomStreams:

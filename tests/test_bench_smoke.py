@@ -5,12 +5,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ["lstm_fwd_bwd", "lm_train", "meta_train", "adaptive_eval", "grad_stats", "dyneval", "memory"]
+FIGURES = ["lstm_fwd_bwd", "lm_train", "meta_train", "joint_train", "adaptive_eval", "grad_stats", "dyneval", "memory"]
 COMMON = {"figure", "ratio", "target", "met", "mode", "reps", "env", "sizes"}
 KEYS = {
     "lstm_fwd_bwd": {"per_stream_ms", "nn_lstm_ms", "per_stream_fwd_nograd_ms", "autograd_loop_ms"},
     "lm_train": {"awd_tok_s", "plain_tok_s", "awd_noreg_tok_s", "ratio_noreg", "compared"},
     "meta_train": {"meta_ms_per_token", "stage1_ms_per_token", "meta_window_ms", "coordinates_per_token"},
+    "joint_train": {"second_order_ratio", "second_order_met", "first_ms_per_token", "second_ms_per_token",
+                    "stage1_ms_per_token", "memory_ratio_first", "memory_ratio_second", "memory_met", "compared"},
     "adaptive_eval": {"ratio_dyneval", "static_ms_per_token", "meta_ms_per_token", "dyneval_ms_per_token",
                       "cheap_ms_per_token", "cheap_vs_dyneval", "cheap_vs_dyneval_target", "cheap_vs_dyneval_met",
                       "cheap_vs_dyneval_all", "cheap_vs_dyneval_all_met"},
@@ -40,6 +42,9 @@ def test_quick_bench_prints_every_figure_with_its_keys():
         assert r["mode"] == "quick"
     memory = records[-1]
     assert any(k.endswith("_ckpt_mb") for k in memory) and any(k.endswith("_plain_mb") for k in memory)
+    joint = next(r for r in records if r["figure"] == "joint_train")
+    assert joint["skipped_windows"] == 0  # every timed window stepped θ0 and φ
+    assert any(k.endswith("_first_mb") for k in joint) and any(k.endswith("_second_mb") for k in joint)
 
 
 def test_only_selects_figures_and_rejects_unknown_ones():
