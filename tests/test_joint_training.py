@@ -81,6 +81,46 @@ def test_with_the_rules_step_at_zero_joint_training_is_stage_1_on_the_same_token
     assert all(float(g.abs().max()) == 0.0 for g in phi_grads.values())
 
 
+class OneArticle(RandomStreams):
+    """`RandomStreams` with one article per stream: no reset after segment 0."""
+
+    def batch(self, k):
+        b = super().batch(k)
+        return b._replace(new_article=torch.full_like(b.new_article, k == 0))
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_after_a_truncation_theta0_still_gets_stage_1s_gradient(second_order):
+    """The window after a detached one (`ReadingState.detach`, the truncation point) starts from carried weights,
+    not from θ0: it must still pass θ0's gradient on whole (the carried memory θ − θ0 a constant of the window).
+    With the rule's step at zero, the second window of each stream is stage 1 on its K segments, the hidden state
+    carried over from the first window (detached)."""
+    model = tiny_model(torch.float64, dropout=False)
+    stage1 = copy.deepcopy(model)
+    ml = joint_learning(model, second_order)
+    zero_step = ContextRule(ml.names, ml.stats, eta=0.0, lam=0.0, eps=0.001).to(torch.float64)
+    ml = dataclasses.replace(ml, learner=zero_step)
+    streams = OneArticle(seg_len=L, batch=B)
+    state, _ = fresh_window_state(ml, B)
+    first = read_window(ml, streams, 0, state, None, ml.estimator.reading).state.detach()
+    ml.optimizer.zero_grad(set_to_none=True)
+    window, _ = ml.estimator.estimate(
+        ml, lambda with_static: read_window(ml, streams, K, first, None, ml.estimator.reading), seed=0)
+    theta_grads = {n: p.grad for n, p in ml.model.named_parameters()}
+
+    batches = [streams.batch(k) for k in range(2 * K)]
+    x = [torch.cat([b.x for b in batches[i:i + K]]) for i in (0, K)]
+    y = torch.cat([b.y for b in batches[K:]])
+    with torch.no_grad():
+        carried = stage1(x[0], stage1.init_state(B)).state
+    expected = token_nll(stage1(x[1], carried).logits, y).mean()
+    expected_grads = dict(zip([n for n, _ in stage1.named_parameters()],
+                              torch.autograd.grad(expected, list(stage1.parameters()))))
+    torch.testing.assert_close(window.per_stream.detach().mean(), expected.detach(), rtol=1e-12, atol=0)
+    for n, g in expected_grads.items():
+        torch.testing.assert_close(theta_grads[n], g, rtol=1e-9, atol=1e-13, msg=n)
+
+
 def test_second_order_joint_gradient_equals_finite_differences():
     """The second-order meta-gradient of a joint window w.r.t. coordinates of θ0 (LSTM matrices and a bias, the tied
     table, the decoder bias) and of φ equals central finite differences of the window loss, float64, with a rule

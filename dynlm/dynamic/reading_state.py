@@ -38,6 +38,16 @@ class ReadingState:
             self.owned,
         )
 
+    def follow(self, theta0: Mapping[str, Tensor]) -> ReadingState:
+        """The same values, each dynamic weight read as θ0 + (θ − θ0).detach() where θ0 has a graph (θ0 trained
+        with the update in the loop): after a truncation (`detach`) θ0's gradient reaches the loss through the
+        carried weights again, the memory Δ = θ − θ0 a constant of the window, as truncation makes it."""
+        if not any(t.requires_grad for t in theta0.values()):
+            return self
+        fast = {n: theta0[n] + (t - theta0[n]).detach() if theta0[n].requires_grad else t
+                for n, t in self.fast.items()}
+        return ReadingState(self.lm, fast, self.learner)  # new tensors with a graph: none owned
+
     def reset(self, mask: Tensor, theta0: Mapping[str, Tensor]) -> ReadingState:
         """Streams where `mask [B]` is True restart: zero (h, c), θ0 weights, zero learner state."""
         if not bool(mask.any()):

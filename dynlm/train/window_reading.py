@@ -58,6 +58,7 @@ def read_window(ml, streams: MetaStreams, position: int, state: ReadingState, st
     static_losses: List[Tensor] = []
     diag: Dict[str, Tensor] = {}
     tokens = 0
+    state = state.follow(theta0)  # a trained θ0's gradient through the weights the window starts from
     for k in range(ml.meta.window):
         batch = streams.batch(position + k)
         x, y, new = batch.x.to(device), batch.y.to(device), batch.new_article.to(device)
