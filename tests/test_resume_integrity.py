@@ -70,11 +70,16 @@ def _damage(path: Path, truncate: bool = False) -> None:
 
 # 1. a resume reads the run's own data ----------------------------------------------------------------------------
 
-def test_stage1_resume_on_data_with_other_word_ids_is_refused(toy_data_dir, tmp_path):
+def _stopped_lm_run(data, tmp_path):
+    """A stage-1 run stopped after 2 of its 4 steps: its folder, overrides and saved files."""
     run = tmp_path / "run"
-    over = tiny_lm_overrides(toy_data_dir, **SHORT)
+    over = tiny_lm_overrides(data, **SHORT)
     train(compose_config(over + ["trainer.stop_after_steps=2"]), run)
-    saved = _saved(run)
+    return run, over, _saved(run)
+
+
+def test_stage1_resume_on_data_with_other_word_ids_is_refused(toy_data_dir, tmp_path):
+    run, _, saved = _stopped_lm_run(toy_data_dir, tmp_path)
     other = _copy_data(toy_data_dir, tmp_path / "other", _renamed_words)
     proc = _script(*tiny_lm_overrides(other, **SHORT), "trainer.resume=true", f"hydra.run.dir={run}")
     msg = _one_line_error(proc)
@@ -83,10 +88,7 @@ def test_stage1_resume_on_data_with_other_word_ids_is_refused(toy_data_dir, tmp_
 
 
 def test_stage1_resume_on_another_valid_text_is_refused(toy_data_dir, tmp_path):
-    run = tmp_path / "run"
-    over = tiny_lm_overrides(toy_data_dir, **SHORT)
-    train(compose_config(over + ["trainer.stop_after_steps=2"]), run)
-    saved = _saved(run)
+    run, over, saved = _stopped_lm_run(toy_data_dir, tmp_path)
     other = _copy_data(toy_data_dir, tmp_path / "other", _valid_articles_reordered)
     with pytest.raises(CheckpointError, match=rf"the valid text at {other} is not what the run of checkpoint .*"
                                               rf"last.pt read .*data.dir={toy_data_dir}.*trainer.overwrite=true"):
