@@ -120,7 +120,8 @@ class MetaConfig:
     checkpoint_segments: bool = True  # recompute activations in the backward pass instead of storing them
     second_order: bool = False  # the full meta-gradient (through the gradients of the inner updates)
     # How the meta-gradient is estimated: bptt (truncated meta-BPTT through the window's updates) | es (antithetic
-    # evolution strategies: 2·es_pairs + 1 reads of the window without a graph; memory flat in meta.window)
+    # evolution strategies: 2·es_pairs + 1 reads of the window without a graph; memory flat in meta.window) |
+    # first_order (θ0's first-order joint gradient at the cost of reading: train_static=true, a rule without φ)
     estimator: str = "bptt"
     es_sigma: float = 0.1  # σ: the scale of φ's perturbations (es)
     es_pairs: int = 1  # P: antithetic pairs of perturbations per window (es)

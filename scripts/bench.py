@@ -33,12 +33,13 @@ rules read are measured on it through `grad_stats_for`, the path stage 2 and eva
                   `es_vs_stage1`: the same with `meta.estimator=es` (K=32: 2P + 1 reads of the window without
                   a graph) per token / `lm_step` per token.
 - `joint_train`   joint training (issue #25: θ0 trained with the rule in the loop): time per token of `meta_window`
-                  with `meta.train_static=true`, `rule=cheap`, `meta.dynamic=[*]` (every parameter adapting), B=4,
-                  L=5, K=4, checkpointed, first order (ratio, target <= 3) and `meta.second_order=true`
-                  (`second_order_ratio`, target <= 8) / `lm_step` per token on the same tokens (as `meta_train`);
-                  `memory_ratio_first`, `memory_ratio_second`: peak memory of one such window at K = 32 / K = 4
-                  (`memory_windows`, measured as the `memory` figure does, after one window read, so that Adam's
-                  first allocation of its moments for θ0 is not counted; target <= 1.5).
+                  with `meta.train_static=true`, `meta.dynamic=[*]` (every parameter adapting), B=4, L=5, K=4 /
+                  `lm_step` per token on the same tokens (as `meta_train`): `meta.estimator=first_order` with
+                  `rule=dyneval` (ratio, target <= 3), meta-BPTT with `rule=cheap`, checkpointed, first order
+                  (`bptt_first_ratio`) and second order (`second_order_ratio`, target <= 8);
+                  `memory_ratio_<arm>`: peak memory of one such window at K = 32 / K = 4 (`joint_memory_windows`,
+                  measured as the `memory` figure does, after one window read, so that Adam's first allocation of
+                  its moments for θ0 is not counted; target <= 1.5).
 - `adaptive_eval` time per token of `dynlm.dynamic.reading.read_stream` with the `meta` rule and the
                   `dyneval` rule (`build_rule(rule_config(name, like=cfg.rule), ...)`, L = meta.seg_len, batch 1)
                   / static `read_stream` (`data.eval_bptt` tokens per forward pass), on the synthetic valid tokens;
@@ -138,6 +139,7 @@ class Sizes:
     window: int = 4  # meta.window
     es_window: int = 32  # meta.window of the ES estimator's rows (meta_train, memory)
     memory_windows: Tuple[int, ...] = (4, 8, 16, 32)  # meta.window of the memory figure
+    joint_memory_windows: Tuple[int, ...] = (4, 32)  # meta.window of joint_train's memory (every parameter: slow)
     # the synthetic corpus
     vocab: int = 33278  # WikiText-2's
     train_articles: int = 8
@@ -154,7 +156,8 @@ class Sizes:
 
 QUICK = Sizes(
     lstm_b=2, lstm_h=32, lstm_i=24, lstm_t=8, model="tiny", lm_batch=4, bptt=10, meta_b=2, seg_len=3, window=2,
-    es_window=4, memory_windows=(2, 4), vocab=300, train_articles=6, article_tokens=200, valid_articles=2,
+    es_window=4, memory_windows=(2, 4), joint_memory_windows=(2, 4),
+    vocab=300, train_articles=6, article_tokens=200, valid_articles=2,
     eval_tokens=30, stream_tokens=60, streams=2, gradstat_figure_tokens=1000,
     reps=3, warmup=1,
 )
@@ -507,18 +510,23 @@ def fig_meta_train(s: Sizes, device, quick: bool) -> dict:
 
 # The joint-training windows (issue #25): θ0 trained with the rule in the loop, every parameter adapting.
 JOINT = {"rule": "cheap", "meta.train_static": True, "meta.dynamic": "[*]", "meta.checkpoint_segments": True}
+# The first-order joint estimator on the reading path (θ0 only: a rule without φ)
+JOINT_FIRST_ORDER = {**JOINT, "rule": "dyneval", "meta.estimator": "first_order"}
+JOINT_ARMS = {"first_order": (JOINT_FIRST_ORDER, False), "bptt_first": (JOINT, False), "bptt_second": (JOINT, True)}
 
 
 def fig_joint_train(s: Sizes, device, quick: bool) -> dict:
-    """Joint training's window (`meta_window` with `meta.train_static=true`: θ0's gradient through the updates,
-    φ's in the same backward), first and second order, per token / `lm_step` per token on the same tokens; then
-    the peak memory of its window for each K of `s.memory_windows` (`window_peaks`), each order."""
+    """Joint training's window (`meta_window` with `meta.train_static=true`) per token / `lm_step` per token on the
+    same tokens: `meta.estimator=first_order` (rule=dyneval, the ratio), and meta-BPTT first and second order
+    (rule=cheap, φ in the same backward); then the peak memory of each one's window for each K of
+    `s.joint_memory_windows` (`window_peaks`)."""
     cfg = bench_config(s, **JOINT)
     data = synthetic_data(s)
     model, names, streams, stats = stage2_setup(cfg, s, data, device)
 
-    def windows(k: int, second_order: bool) -> MetaWindows:
-        c = bench_config(s, **JOINT, **{"meta.window": k, "meta.second_order": second_order})
+    def windows(k: int, arm: str) -> MetaWindows:
+        over, second_order = JOINT_ARMS[arm]
+        c = bench_config(s, **{**over, "meta.window": k, "meta.second_order": second_order})
         return MetaWindows(build_meta_learning(c.meta, c.rule, model, names, stats), streams)
 
     K, L, B = cfg.meta.window, cfg.meta.seg_len, streams.num_streams
@@ -530,43 +538,45 @@ def fig_joint_train(s: Sizes, device, quick: bool) -> dict:
         return x, y
 
     stage1 = LMSteps(cfg, stage1_model(cfg, data, device), next_tokens)
-    reports: Dict[str, List] = {"first": [], "second": []}
-    timed = {"first": windows(K, False), "second": windows(K, True)}
-    fns = {o: functools.partial(lambda o: reports[o].append(timed[o]()), o) for o in timed}
+    reports: Dict[str, List] = {arm: [] for arm in JOINT_ARMS}
+    timed = {arm: windows(K, arm) for arm in JOINT_ARMS}
+    fns = {a: functools.partial(lambda a: reports[a].append(timed[a]()), a) for a in timed}
     times = interleaved({**fns, "stage1": stage1}, s.reps, s.warmup, device)
     n = K * L * B
-    second_ratio = paired_ratio(times, "second", "stage1")
+    ratios = {arm: paired_ratio(times, arm, "stage1") for arm in JOINT_ARMS}
     timed.clear()  # their reading states are not part of the peaks below
     gc.collect()
     if device.type == "cpu":
         return_freed_memory()  # resident memory tracks what is live while measuring
     peaks: Dict[str, float] = {}
     extrapolated: List[str] = []
-    for order, label in ((False, "first"), (True, "second")):
-        windows(1, order)()  # first-call allocations outside the measurements
-        more, guessed, method = window_peaks(functools.partial(windows, second_order=order), s.memory_windows,
-                                             label, device, warm=True)
+    for arm in JOINT_ARMS:
+        windows(1, arm)()  # first-call allocations outside the measurements
+        more, guessed, method = window_peaks(functools.partial(windows, arm=arm), s.joint_memory_windows, arm,
+                                             device, warm=True)
         peaks.update(more)
         extrapolated += guessed
     if device.type == "cpu":
         keep_freed_memory()  # back to how the other figures (and training) allocate
-    k_lo, k_hi = s.memory_windows[0], s.memory_windows[-1]
-    memory = {o: peaks[f"K{k_hi}_{o}_mb"] / peaks[f"K{k_lo}_{o}_mb"] for o in ("first", "second")}
+    k_lo, k_hi = s.joint_memory_windows[0], s.joint_memory_windows[-1]
+    memory = {a: peaks[f"K{k_hi}_{a}_mb"] / peaks[f"K{k_lo}_{a}_mb"] for a in JOINT_ARMS}
     return emit(
-        "joint_train", paired_ratio(times, "first", "stage1"), s, quick, device,
-        second_order_ratio=second_ratio, second_order_target=f"<= {JOINT_SECOND_ORDER_TARGET}",
-        second_order_met=bool(second_ratio <= JOINT_SECOND_ORDER_TARGET),
-        first_ms_per_token=1e3 * med(times["first"]) / n, second_ms_per_token=1e3 * med(times["second"]) / n,
+        "joint_train", ratios["first_order"], s, quick, device,
+        bptt_first_ratio=ratios["bptt_first"], second_order_ratio=ratios["bptt_second"],
+        second_order_target=f"<= {JOINT_SECOND_ORDER_TARGET}",
+        second_order_met=bool(ratios["bptt_second"] <= JOINT_SECOND_ORDER_TARGET),
+        **{f"{a}_ms_per_token": 1e3 * med(times[a]) / n for a in JOINT_ARMS},
         stage1_ms_per_token=1e3 * med(times["stage1"]) / n,
         skipped_windows=sum(bool(r.skipped) for rs in reports.values() for r in rs),
-        memory_ratio_first=memory["first"], memory_ratio_second=memory["second"],
+        **{f"memory_ratio_{a}": memory[a] for a in JOINT_ARMS},
         memory_ratio_name=f"K{k_hi} / K{k_lo}", memory_target=f"<= {JOINT_MEMORY_TARGET}",
-        memory_met=bool(max(memory.values()) <= JOINT_MEMORY_TARGET), method=method, **peaks,
+        memory_met={a: bool(memory[a] <= JOINT_MEMORY_TARGET) for a in JOINT_ARMS}, method=method, **peaks,
         extrapolated=extrapolated,
-        compared=f"meta_window (rule={cfg.rule.name}, dynamic={list(cfg.meta.dynamic)}, train_static="
-                 f"{cfg.meta.train_static}, checkpointed={cfg.meta.checkpoint_segments}; first and second order) "
-                 "vs lm_step on its tokens",
-        sizes=sizes_of(cfg, data, B=B, L=L, K=K, memory_K=list(s.memory_windows)),
+        compared=f"meta_window (train_static=true, dynamic={list(cfg.meta.dynamic)}): estimator=first_order with "
+                 f"rule=dyneval (ratio); estimator=bptt with rule={cfg.rule.name}, checkpointed="
+                 f"{cfg.meta.checkpoint_segments}, first (bptt_first_ratio) and second order (second_order_ratio); "
+                 "each vs lm_step on its tokens",
+        sizes=sizes_of(cfg, data, B=B, L=L, K=K, memory_K=list(s.joint_memory_windows)),
     )
 
 

@@ -82,8 +82,8 @@ def dyneval_for(learner: GatedMetaLearner, stats: GradStats) -> DynEvalRule:
     return DynEvalRule(learner.names, stats, eta=learner.eta, lam=learner.lam, eps=learner.eps)
 
 
-def tiny_meta_learning(model=None, dynamic=("layers.*",), eta=0.01, lam=0.02, **meta):
-    """Stage 2's `MetaLearning` for the cheap rule (η, λ) over the `dynamic` parameters of `model` (default:
+def tiny_meta_learning(model=None, dynamic=("layers.*",), eta=0.01, lam=0.02, rule="cheap", **meta):
+    """Stage 2's `MetaLearning` for `rule` (η, λ) over the `dynamic` parameters of `model` (default:
     `tiny_model(dropout=True)`; φ in the model's dtype): K = 3 segments of L = 4 tokens, B = 2 streams
     (`RandomStreams`), with the `meta` settings given."""
     from omegaconf import OmegaConf
@@ -96,8 +96,8 @@ def tiny_meta_learning(model=None, dynamic=("layers.*",), eta=0.01, lam=0.02, **
     names = select_dynamic(model, dynamic)
     mc = OmegaConf.merge(OmegaConf.structured(MetaConfig), {"window": 3, "seg_len": 4, "batch_size": 2,
                                                             "dynamic": list(dynamic), **meta})
-    rule = rule_config("cheap", like={"eta": eta, "lam": lam})
-    ml = build_meta_learning(mc, rule, model, names, random_stats(model, names))
+    ml = build_meta_learning(mc, rule_config(rule, like={"eta": eta, "lam": lam}), model, names,
+                             random_stats(model, names))
     ml.learner.to(next(model.parameters()).dtype)  # in place: the optimiser keeps the same parameters
     return ml
 

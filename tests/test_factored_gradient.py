@@ -57,7 +57,7 @@ def test_every_dynamic_gradient_from_the_factored_path_is_autograds(training):
             for n, t in static_weights(model, names).items()}
     x, y = _segment(streams=3)
     torch.manual_seed(11)
-    _, _, _, grads = _gradients_factored(model, fast, model.init_state(3), x, y, None, set())
+    _, _, _, grads, _ = _gradients_factored(model, fast, model.init_state(3), x, y, None, set(), {})
     torch.manual_seed(11)  # the same dropout masks
     loss = segment_losses(model, fast, model.init_state(3), x, y)[0].sum()
     expected = dict(zip(names, torch.autograd.grad(loss, [fast[n] for n in names])))
@@ -90,7 +90,7 @@ def test_a_weight_read_beyond_the_recurrence_is_refused():
             for n, t in static_weights(model, names).items()}
     x, y = _segment(streams=2)
     with pytest.raises(RuntimeError, match="read beyond the LSTM recurrences"):
-        _gradients_factored(model, fast, model.init_state(2), x, y, None, set())
+        _gradients_factored(model, fast, model.init_state(2), x, y, None, set(), {})
 
 
 def test_blockwise_step_is_the_dense_step_whatever_the_block():

@@ -70,21 +70,23 @@ def _table_name(model: nn.Module, fast: Mapping[str, Tensor]) -> Optional[str]:
     return name if name in fast and fast[name].dim() == 3 else None
 
 
-def _gradients_factored(model, fast, lm_state, x, y, mask, overwrite: Set[str]):
+def _gradients_factored(model, fast, lm_state, x, y, mask, overwrite: Set[str], shared: Mapping[str, Tensor]):
     """Losses, state and gradients, the per-stream matrices' as `FactoredGradient`s: the decoder reads the tied
     table detached (autograd stops at the logits and at the looked-up rows), and the LSTM recurrences hand over the
-    factors of their weights' gradients. `overwrite`: the names whose step may write into the old tensor."""
+    factors of their weights' gradients. `overwrite`: the names whose step may write into the old tensor. `shared`:
+    leaves read in place of the weights that do not adapt, whose gradients come back too (else `{}`)."""
     table = _table_name(model, fast)
     captured = WeightFactors({n: t for n, t in fast.items() if n != table and t.dim() == 3})
     with torch.enable_grad():
-        out = functional_call(model, _static_as_data(model, fast), (x, lm_state),
+        out = functional_call(model, {**_static_as_data(model, fast), **shared}, (x, lm_state),
                               {"detach_decoder_table": table is not None, "factors": captured})
         nll = token_nll(out.logits, y)
         seg_loss = _mean_over(nll, mask)
         dense = [n for n in fast if n != table and n not in captured.seen]
         ends = [out.embedded, out.logits] if table is not None else []
-        found = torch.autograd.grad(seg_loss.sum(), [fast[n] for n in dense + captured.seen] + ends,
-                                    allow_unused=True)
+        found = torch.autograd.grad(seg_loss.sum(), [fast[n] for n in dense + captured.seen] + ends
+                                    + list(shared.values()), allow_unused=True)
+        found, shared_found = found[:len(found) - len(shared)], found[len(found) - len(shared):]
     if any(g is not None for g in found[len(dense): len(dense) + len(captured.seen)]):
         raise RuntimeError(f"the weights {captured.seen} are read beyond the LSTM recurrences, whose gradients alone "
                            "are factored: reading them this way would drop part of their gradient")
@@ -96,7 +98,24 @@ def _gradients_factored(model, fast, lm_state, x, y, mask, overwrite: Set[str]):
         grads[n] = FactoredGradient(*captured.factors[n], overwrite=n in overwrite)
     if table is not None:
         grads[table] = TableGradient(found[-1], out.last_dropped.detach(), x, found[-2], overwrite=table in overwrite)
-    return seg_loss, nll, out.state, {n: grads[n] for n in fast}
+    return seg_loss, nll, out.state, {n: grads[n] for n in fast}, dict(zip(shared, shared_found))
+
+
+def _shared_leaves(model: nn.Module, fast: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """The weights that do not adapt, as fresh leaves requiring gradients: read in their place, they give the
+    gradient of the segment's loss w.r.t. them (shared by every stream) in the same backward."""
+    return {n: p.detach().requires_grad_() for n, p in model.named_parameters() if n not in fast}
+
+
+def _add_stream_sums(total: Dict[str, Tensor], per_stream: Mapping[str, object], shared: Mapping[str, Tensor]) -> None:
+    """`total[n] += Σ_b g_b`: the adapting weights' per-stream gradients summed over the streams (a factored one as
+    one product, `FactoredGradient.stream_sum`), the shared weights' as they are."""
+    sums = {n: g.stream_sum() if isinstance(g, FactoredGradient) else g.sum(0) for n, g in per_stream.items()}
+    for n, g in {**sums, **shared}.items():
+        if n in total:
+            total[n].add_(g)
+        else:
+            total[n] = g  # a new tensor: a sum, a product or autograd's
 
 
 def adapt_segment(
@@ -111,6 +130,7 @@ def adapt_segment(
     use_checkpoint: bool = False,
     mask: Optional[Tensor] = None,
     reuse_weights: bool = False,
+    gradient_sum: Optional[Dict[str, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor, ReadingState, Dict[str, Tensor]]:
     """Returns the per-stream segment loss `[B]`, the per-token NLL `[L, B]`, the next state, diagnostics.
 
@@ -119,20 +139,28 @@ def adapt_segment(
     otherwise g_s is treated as data (first-order meta-learning). `mask`: see `segment_losses`.
     `reuse_weights`: the caller gives up `state.fast` (a reading loop that only carries the new state on): the
     factored step may write the new weights into the memory of those the state owns (`state.owned`: made by its
-    updates and resets, never θ0's).
+    updates and resets, never θ0's). `gradient_sum` (reading without a graph): the segment's gradients of every
+    parameter of the model, summed over the streams, are added into it by name (first-order joint training:
+    `train/first_order_estimator.py`); the weights that do not adapt are then read as leaves to get theirs.
     """
+    if gradient_sum is not None and keep_graph:
+        raise ValueError("gradient_sum is for a reading without a graph (keep_graph=False)")
     fast = requiring_grad(state.fast)
+    shared = _shared_leaves(model, fast) if gradient_sum is not None else {}
     if not keep_graph and getattr(rule, "takes_factored_gradients", False):
         overwrite = set(state.owned) if reuse_weights else set()
-        seg_loss, nll, lm_state, grads = _gradients_factored(model, fast, state.lm, x, y, mask, overwrite)
+        seg_loss, nll, lm_state, grads, shared_grads = _gradients_factored(
+            model, fast, state.lm, x, y, mask, overwrite, shared)
     else:
-        read_as = fast if keep_graph else _static_as_data(model, fast)
+        read_as = fast if keep_graph else {**_static_as_data(model, fast), **shared}
         with torch.enable_grad():
             seg_loss, nll, lm_state = segment_losses(model, read_as, state.lm, x, y, use_checkpoint, mask)
-            found = torch.autograd.grad(
-                seg_loss.sum(), list(fast.values()), retain_graph=keep_graph, create_graph=second_order
-            )
+            found = torch.autograd.grad(seg_loss.sum(), list(fast.values()) + list(shared.values()),
+                                        retain_graph=keep_graph, create_graph=second_order)
         grads = {n: (g if second_order else g.detach()) for n, g in zip(fast, found)}
+        shared_grads = dict(zip(shared, found[len(fast):]))
+    if gradient_sum is not None:
+        _add_stream_sums(gradient_sum, grads, shared_grads)
     if keep_graph:
         new_fast, learner, diag = rule(fast, grads, theta0, seg_loss.detach(), state.learner)
         return seg_loss, nll, ReadingState(lm_state, new_fast, learner), diag

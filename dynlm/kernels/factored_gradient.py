@@ -85,6 +85,11 @@ class FactoredGradient:
         """The whole gradient `[B, R, C]`, as autograd would have formed it."""
         return self.rows(0, self.shape[1])
 
+    def stream_sum(self) -> Tensor:
+        """Σ_b G_b `[R, C]`: one product of the streams' factors side by side (θ0's share of the streams' gradients)."""
+        b, r, l = self.d.shape
+        return self.d.transpose(0, 1).reshape(r, b * l) @ self.u.reshape(b * l, -1)
+
     def norms(self) -> Tensor:
         """‖G_b‖ per stream `[B]`, from L × L products: ‖D U‖² = Σ (DᵀD ⊙ U Uᵀ)."""
         return self._product_norm2().clamp(min=0.0).sqrt()
@@ -114,6 +119,10 @@ class TableGradient(FactoredGradient):
     def dense(self) -> Tensor:
         g = super().dense()
         return g.index_put_(self.lookup_index(), self.d_embedded.reshape(-1, g.shape[-1]), accumulate=True)
+
+    def stream_sum(self) -> Tensor:
+        g = super().stream_sum()
+        return g.index_add_(0, self.tokens.reshape(-1), self.d_embedded.reshape(-1, g.shape[-1]))
 
     def _product_norm2(self) -> Tensor:
         """Beyond the decoder's part: the cross term 2 Σ_t δ_t · (D U)[x_t] and ‖Σ_t e(x_t) δ_tᵀ‖² =

@@ -6,30 +6,10 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import nn
 
-from .. import dist
-from .estimator_base import Estimator
+from .estimator_base import Estimator, average_over_ranks, ewc_penalty
 from .window_reading import ReadWindow, SegmentReading, WindowRead
-
-
-def _ewc_penalty(model, anchor: Dict[str, Tensor], fisher: Dict[str, Tensor], lam: float):
-    total = None
-    for n, p in model.named_parameters():
-        if n in fisher:
-            term = (fisher[n] * (p - anchor[n]).pow(2)).sum()
-            total = term if total is None else total + term
-    return lam * total
-
-
-def _sync_grads(params) -> None:
-    """Average meta-gradients over ranks (each rank reads different streams)."""
-    if not dist.is_distributed():
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce_sum(p.grad)
-            p.grad.div_(dist.world_size())
 
 
 class TruncatedBPTT(Estimator):
@@ -46,9 +26,9 @@ class TruncatedBPTT(Estimator):
         window = read(True)
         total = window.per_stream.mean()
         if self.train_static and self.ewc > 0:
-            total = total + _ewc_penalty(ml.model, ml.anchor, ml.stats.v, self.ewc)
+            total = total + ewc_penalty(ml.model, ml.anchor, ml.stats.v, self.ewc)
         total.backward()
-        _sync_grads(ml.trained_parameters)
+        average_over_ranks(ml.trained_parameters)
         return window, {}
 
 

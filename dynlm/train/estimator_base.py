@@ -13,8 +13,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Dict, List, Tuple
 
-from torch import nn
+from torch import Tensor, nn
 
+from .. import dist
 from .window_reading import ReadWindow, SegmentReading, WindowRead
 
 
@@ -35,4 +36,24 @@ class Estimator(ABC):
         again on resume."""
 
 
-__all__ = ["Estimator"]
+def ewc_penalty(model: nn.Module, anchor: Dict[str, Tensor], fisher: Dict[str, Tensor], lam: float) -> Tensor:
+    """λ_EWC Σ_i F_i (θ0_i − θ0*_i)² over the parameters `fisher` names (`meta.ewc`)."""
+    total = None
+    for n, p in model.named_parameters():
+        if n in fisher:
+            term = (fisher[n] * (p - anchor[n]).pow(2)).sum()
+            total = term if total is None else total + term
+    return lam * total
+
+
+def average_over_ranks(params) -> None:
+    """Average meta-gradients over ranks (each rank reads different streams)."""
+    if not dist.is_distributed():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce_sum(p.grad)
+            p.grad.div_(dist.world_size())
+
+
+__all__ = ["Estimator", "average_over_ranks", "ewc_penalty"]

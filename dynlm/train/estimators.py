@@ -8,8 +8,11 @@ from omegaconf import DictConfig
 from .bptt_estimator import TruncatedBPTT
 from .es_estimator import EvolutionStrategies
 from .estimator_base import Estimator
+from .first_order_estimator import FirstOrderJoint
 
-ESTIMATORS: Dict[str, Callable[[DictConfig], Estimator]] = {"bptt": TruncatedBPTT, "es": EvolutionStrategies}
+ESTIMATORS: Dict[str, Callable[[DictConfig], Estimator]] = {
+    "bptt": TruncatedBPTT, "es": EvolutionStrategies, "first_order": FirstOrderJoint,
+}
 
 
 def build_estimator(mc: DictConfig) -> Estimator:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .. import dist
-from ..config import ConfigValueError
+from ..config import ConfigValueError, MetaConfig
 from ..data import HELDOUT, MetaStreams, load_corpus
 from ..dynamic.fast_weights import select_dynamic
 from ..dynamic.grad_stats import GradStats
@@ -100,14 +100,30 @@ def meta_split(asked: Optional[str], held: int, resumed: Optional[Dict[str, Any]
     return asked
 
 
-def check_estimator(mc: DictConfig) -> None:
+def check_estimator(mc: DictConfig, rule: str, learned: bool) -> None:
+    """The estimator exists and can train what the run asks: φ of a learned `rule`, θ0 with `meta.train_static`."""
     if mc.estimator not in ESTIMATORS:
-        raise ConfigValueError(f"meta.estimator={mc.estimator!r}: use bptt (truncated meta-BPTT) or es (evolution "
-                               "strategies)")
+        raise ConfigValueError(f"meta.estimator={mc.estimator!r}: use bptt (truncated meta-BPTT), es (evolution "
+                               "strategies) or first_order (θ0's first-order joint gradient)")
+    if not learned and not mc.train_static:
+        raise ConfigValueError(f"stage=meta trains a learned rule or θ0, and rule={rule} has nothing to train: use "
+                               + " or ".join(f"rule={n}" for n in rule_names(learned=True))
+                               + f", or meta.train_static=true to train θ0 with rule={rule} in the loop")
+    if not learned and mc.learner_lr != MetaConfig.learner_lr:
+        raise ConfigValueError(f"meta.learner_lr={mc.learner_lr} has no effect with rule={rule}, which has nothing to "
+                               "learn: remove it (meta.static_lr is θ0's learning rate)")
     if mc.estimator == "es" and (mc.train_static or mc.second_order):
         key = "meta.train_static" if mc.train_static else "meta.second_order"
         raise ConfigValueError(f"{key}=true needs meta.estimator=bptt: the ES estimator perturbs the learner φ only "
                                "and takes no gradients through the updates")
+    if mc.estimator == "first_order":
+        if not mc.train_static or mc.second_order:
+            key = "meta.second_order=true" if mc.train_static else "meta.train_static=false"
+            raise ConfigValueError(f"meta.estimator=first_order trains θ0 to first order: {key} is not that; set "
+                                   "meta.train_static=true meta.second_order=false, or use meta.estimator=bptt")
+        if learned:
+            raise ConfigValueError(f"meta.estimator=first_order trains θ0 only, and rule={rule} has parameters to "
+                                   "learn: use rule=dyneval, or meta.estimator=bptt to train φ and θ0 together")
 
 
 class MetaTask:
@@ -119,10 +135,7 @@ class MetaTask:
     def __init__(self, cfg: DictConfig, device: torch.device, resumed: Optional[Dict[str, Any]],
                  path: Optional[Path], on_window: Optional[WindowHook] = None):
         mc = cfg.meta
-        if not check_rule_config(cfg.rule).learned:
-            raise ConfigValueError("stage=meta trains a learned rule: use " + " or ".join(
-                f"rule={n}" for n in rule_names(learned=True)) + f" (rule={cfg.rule.name} has nothing to train)")
-        check_estimator(mc)
+        check_estimator(mc, cfg.rule.name, check_rule_config(cfg.rule).learned)
         lm_path = path if resumed is not None else mc.lm_checkpoint
         if lm_path is None:
             raise ConfigValueError("stage=meta needs meta.lm_checkpoint=<path to a stage-1 checkpoint (best.pt)>")

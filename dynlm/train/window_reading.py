@@ -21,11 +21,13 @@ from .static_baseline import static_segment_loss
 class SegmentReading:
     """How each segment is read (`adapt_segment`'s options): whether the losses and the new state stay
     differentiable w.r.t. φ and θ0 (`keep_graph`), whether g_s does too (`second_order`), whether the LM's
-    activations are recomputed in backward instead of stored (`checkpoint`)."""
+    activations are recomputed in backward instead of stored (`checkpoint`), whether every parameter's segment
+    gradients, summed over the streams and segments, come back (`sum_gradients`, a reading without a graph)."""
 
     keep_graph: bool = False
     second_order: bool = False
     checkpoint: bool = False
+    sum_gradients: bool = False
 
 
 class WindowRead(NamedTuple):
@@ -35,6 +37,8 @@ class WindowRead(NamedTuple):
     static_losses: List[Tensor]  # its mean loss on each segment (none when it was not read)
     diag: Dict[str, Tensor]  # the learner's diagnostics on the last segment
     tokens: int  # tokens read by this rank (the static model's reading not counted)
+    # name -> Σ over segments and local streams of ∂ℓ_s,b/∂(the weights read), when `sum_gradients`; else None
+    gradient_sums: Optional[Dict[str, Tensor]] = None
 
 
 ReadWindow = Callable[[bool], WindowRead]  # `read(with_static)`: the window once more, from its starting state
@@ -54,6 +58,9 @@ def read_window(ml, streams: MetaStreams, position: int, state: ReadingState, st
     reading, which is what is trained, draws the same masks with or without that baseline."""
     model, device = ml.model, next(ml.model.parameters()).device
     theta0 = static_weights(model, ml.names)
+    if not reading.keep_graph:  # no graph to θ0, whether or not it is trained
+        theta0 = {n: t.detach() for n, t in theta0.items()}
+    sums: Optional[Dict[str, Tensor]] = {} if reading.sum_gradients else None
     losses: List[Tensor] = []
     static_losses: List[Tensor] = []
     diag: Dict[str, Tensor] = {}
@@ -69,11 +76,11 @@ def read_window(ml, streams: MetaStreams, position: int, state: ReadingState, st
             static_losses.append(static_loss)
         seg_loss, _, state, diag = adapt_segment(
             model, ml.learner, state, theta0, x, y, keep_graph=reading.keep_graph,
-            second_order=reading.second_order, use_checkpoint=reading.checkpoint,
+            second_order=reading.second_order, use_checkpoint=reading.checkpoint, gradient_sum=sums,
         )
         losses.append(seg_loss)
         tokens += x.numel()
-    return WindowRead(torch.stack(losses).mean(0), state, static_lm, static_losses, diag, tokens)
+    return WindowRead(torch.stack(losses).mean(0), state, static_lm, static_losses, diag, tokens, sums)
 
 
 __all__ = ["ReadWindow", "SegmentReading", "WindowRead", "forked_rng", "read_window"]
