@@ -2,6 +2,7 @@
 Results row, and scripts/reproduce_small.sh runs them rather than spelling their settings out again."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -35,8 +36,20 @@ def test_an_experiment_composes_through_the_script(name):
 def test_the_stage_1_experiment_is_the_readme_command():
     """README "Stage 1": the command the base model of the Results was trained with."""
     readme = ["model=small", "optim=adam", "optim.decay=0.5", "data.batch_size=10", "data.meta_holdout_articles=60",
-              "trainer.max_time=4200", "trainer.valid_max_tokens=40000", "trainer.eval_interval=250"]
+              "trainer.max_epochs=null", "trainer.max_time=4200", "trainer.valid_max_tokens=40000",
+              "trainer.eval_interval=250"]
     assert compose_config(["+experiment=small_adam_lm"]) == compose_config(readme)
+
+
+def test_the_stage_1_experiment_is_the_recorded_run():
+    """The config the Results' stage-1 checkpoint saved (an evaluation's results.json copies it), but for what the
+    command line gave (data folder, device, progress bar): a recipe that stopped earlier, e.g. after the default
+    one epoch, would not be the run that made the Results."""
+    saved = json.loads((RESULTS / "static-test-results.json").read_text(encoding="utf-8"))["checkpoint_config"]
+    given = [f"data.dir={saved['data']['dir']}", "trainer.device=cpu", "trainer.progress_bar=false"]
+    cfg = OmegaConf.to_container(compose_config(["+experiment=small_adam_lm"] + given))
+    for section in ("trainer", "optim", "data", "model"):
+        assert cfg[section] == saved[section], section
 
 
 def test_the_learned_row_experiment_is_the_recorded_run():
