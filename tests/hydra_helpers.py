@@ -70,6 +70,17 @@ def meta_overrides(data_dir, lm_checkpoint, **extra) -> list:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+# Joint training (issue #25): stage 2 also training θ0, with the rule in the loop, every parameter adapting, and the
+# EWC penalty on. One entry (test id: overrides) per way of taking θ0's gradient: the end-to-end tests of joint runs
+# (kill and resume, two ranks against one) run each.
+JOINT_CASES = {
+    "joint-bptt-first-order": {"rule": "cheap", "meta.train_static": "true", "meta.dynamic": "[*]",
+                               "meta.ewc": 100, "meta.second_order": "false"},
+    "joint-bptt-second-order": {"rule": "cheap", "meta.train_static": "true", "meta.dynamic": "[*]",
+                                "meta.ewc": 100, "meta.second_order": "true"},
+}
+
+
 def straight_and_resumed(overrides: Sequence[str], root, stop_after: int = 4):
     """Train `overrides` straight through into root/full, and stopped after `stop_after` steps then resumed into
     root/split; returns the two last checkpoints (for tests of exact resume)."""

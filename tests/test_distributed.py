@@ -20,7 +20,7 @@ from dynlm import dist
 from dynlm.run.checkpoint import load_checkpoint
 from dynlm.run.setup import mark_owner, resume_path
 from dynlm.train import train
-from hydra_helpers import compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
+from hydra_helpers import JOINT_CASES, compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
 
 REPO = Path(__file__).resolve().parents[1]
 NO_DROPOUT = {f"model.{k}": 0 for k in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")}
@@ -54,7 +54,8 @@ def _worker(rank: int, world: int, port: int, jobs: list) -> None:
 
 
 def _train_recording_meta_grads(cfg, run_dir, rank):
-    """Record the first window's meta-gradients just before and just after they are all-reduced."""
+    """Record the first window's meta-gradients just before and just after they are all-reduced (one process: the
+    same twice), in grads-<run folder's name>-rank<rank>.pt next to the run folder."""
     import dynlm.train.bptt_estimator as mt
 
     original, calls = mt._sync_grads, []
@@ -69,7 +70,7 @@ def _train_recording_meta_grads(cfg, run_dir, rank):
         train(cfg, run_dir)
     finally:
         mt._sync_grads = original
-    torch.save(calls[0], Path(run_dir).parent / f"grads-rank{rank}.pt")
+    torch.save(calls[0], Path(run_dir).parent / f"grads-{Path(run_dir).name}-rank{rank}.pt")
 
 
 def spawn(world: int, jobs: list) -> None:
@@ -173,15 +174,19 @@ META_SIZES = {"meta.batch_size": 4, "meta.seg_len": 4, "meta.window": 2, "meta.g
               "meta.valid_max_tokens": 100, "trainer.max_steps": 4, "trainer.eval_interval": 2}
 
 
+# The learned rules (gated with its per-coordinate momentum state, a key only it reads; cheap with its per-stream
+# ([B, 2]) learner state), and joint training, θ0 trained too
+STAGE2_CASES = {"gated": {"rule": "gated", "rule.momentum": "true"}, "cheap": {"rule": "cheap"}, **JOINT_CASES}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", ["gated", "cheap"])  # per-coordinate, and per-stream ([B, 2]) learner state
+@pytest.mark.parametrize("case", list(STAGE2_CASES.values()), ids=list(STAGE2_CASES))
 def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_data_dir, lm_no_dropout, tmp_path,
-                                                                            rule):
-    # the gated rule with its per-coordinate momentum state (a key only it reads)
-    momentum = {"rule.momentum": "true"} if rule == "gated" else {}
-    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES, **momentum, rule=rule)
+                                                                            case):
+    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES, **case)
+    joint = case.get("meta.train_static") == "true"
     one, two = tmp_path / "one", tmp_path / "two"
-    train(compose_config(over + ["trainer.stop_after_steps=2"]), one)
+    _train_recording_meta_grads(compose_config(over + ["trainer.stop_after_steps=2"]), one, 0)
     a2 = load_checkpoint(one / "checkpoints" / "last.pt")
     train(compose_config(over + ["trainer.resume=true"]), one)
     a4 = load_checkpoint(one / "checkpoints" / "last.pt")
@@ -190,25 +195,32 @@ def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_
     b2 = load_checkpoint(two / "checkpoints" / "last.pt")
     assert b2["progress"]["step"] == 2 and b2["progress"]["position"] == a2["progress"]["position"]
     assert b2["grad_stats"]["tokens"] == a2["grad_stats"]["tokens"]
-    for key in ("grad_stats", "meta_learner", "reading_state", "static_lm"):
+    # θ0 (trained only in joint runs), φ, and Adam's moments of both
+    for key in ("grad_stats", "meta_learner", "reading_state", "static_lm", "model", "meta_optimizer"):
         _assert_close_tree(a2[key], b2[key], key)
     assert next(iter(b2["reading_state"]["fast"].values())).shape[0] == 4  # every global stream
     assert all(t.shape[0] == 4 for t in b2["reading_state"]["learner"].values())
-    assert ("weight" in b2["meta_learner"]) == (rule == "cheap")  # the rule asked for (cheap's φ: weight, bias)
+    assert ("weight" in b2["meta_learner"]) == (case["rule"] == "cheap")  # the rule asked for (cheap's φ: weight, bias)
+    lm = load_checkpoint(lm_no_dropout)["model"]
+    moved = [n for n, t in lm.items() if not torch.equal(b2["model"][n], t)]
+    assert moved == (list(lm) if joint else []), moved  # θ0 trained in joint runs only
 
     # Each rank's meta-gradient is of its own streams' loss: different before the all-reduce, identical
-    # after it, and equal to their mean (= the gradient of the mean over all streams).
-    (before0, after0), (before1, after1) = (torch.load(tmp_path / f"grads-rank{r}.pt") for r in (0, 1))
-    assert len(before0) == len(before1) == len(after0) > 0
+    # after it, and equal to their mean (= the gradient of the mean over all streams: one rank's with all of them).
+    (before0, after0), (before1, after1) = (torch.load(tmp_path / f"grads-two-rank{r}.pt") for r in (0, 1))
+    _, alone = torch.load(tmp_path / "grads-one-rank0.pt")
+    # φ's gradients, then θ0's (every parameter) in joint runs
+    assert len(before0) == len(before1) == len(after0) == len(alone) == len(b2["meta_learner"]) + joint * len(lm)
     assert any(not torch.allclose(x, y) for x, y in zip(before0, before1))
-    for x, y, s, t in zip(after0, after1, before0, before1):
+    for x, y, s, t, g in zip(after0, after1, before0, before1, alone):
         assert torch.equal(x, y)
         torch.testing.assert_close(x, (s + t) / 2)
+        torch.testing.assert_close(x, g, **TOL)
 
     train(compose_config(over + ["trainer.resume=true"]), two)  # 2 ranks -> 1 rank
     b4 = load_checkpoint(two / "checkpoints" / "last.pt")
     assert b4["progress"]["step"] == 4
-    for key in ("meta_learner", "reading_state"):
+    for key in ("meta_learner", "reading_state", "model", "meta_optimizer"):
         _assert_close_tree(a4[key], b4[key], key)
 
 
