@@ -7,7 +7,6 @@ Models have every dropout at 0: with dropout, each rank draws its own masks and 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.distributed import TCPStore
 
 from dynlm import dist
 from dynlm.run.checkpoint import load_checkpoint
@@ -27,16 +27,11 @@ NO_DROPOUT = {f"model.{k}": 0 for k in ("dropout", "dropouth", "dropouti", "drop
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, jobs: list) -> None:
-    """One rank of a gloo group set up the way torchrun does (env://); runs `jobs` = [(kind, overrides, arg)]."""
+    """One rank of a gloo group set up the way torchrun sets up its workers (env://, the agent's store at
+    MASTER_PORT); runs `jobs` = [(kind, overrides, arg)]."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+                      WORLD_SIZE=str(world), TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
     assert dist.init_distributed("gloo")
     try:
@@ -74,7 +69,11 @@ def _train_recording_meta_grads(cfg, run_dir, rank):
 
 
 def spawn(world: int, jobs: list) -> None:
-    mp.spawn(_worker, args=(world, free_port(), jobs), nprocs=world, join=True)
+    """Run `jobs` on `world` ranks. The rendezvous store is this process's, as torchrun's agent keeps one for its
+    workers, and listens from the moment it has its port: a port found free here and bound later by rank 0 (seconds
+    later: it starts Python first) can be taken in between by another process of a busy machine."""
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.spawn(_worker, args=(world, store.port, jobs), nprocs=world, join=True)
 
 
 def _assert_close_tree(a, b, path=""):
