@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynlm.run.checkpoint import load_checkpoint
 from conftest import write_slice
+from dynlm.run.checkpoint import load_checkpoint
 from hydra_helpers import JOINT_CASES, meta_overrides, tiny_lm_overrides
 
 REPO = Path(__file__).resolve().parents[1]
