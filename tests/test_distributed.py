@@ -20,6 +20,7 @@ from dynlm import dist
 from dynlm.run.checkpoint import load_checkpoint
 from dynlm.run.setup import mark_owner, resume_path
 from dynlm.train import train
+from dynlm.train.estimators import ESTIMATORS
 from hydra_helpers import JOINT_CASES, compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,20 +52,20 @@ def _worker(rank: int, world: int, port: int, jobs: list) -> None:
 def _train_recording_meta_grads(cfg, run_dir, rank):
     """Record the first window's meta-gradients just before and just after they are all-reduced (one process: the
     same twice), in grads-<run folder's name>-rank<rank>.pt next to the run folder."""
-    import dynlm.train.bptt_estimator as mt
-
-    original, calls = mt._sync_grads, []
+    # the all-reduce of the estimator the run uses, as its module calls it
+    module = sys.modules[ESTIMATORS[cfg.meta.estimator].__module__]
+    original, calls = module.average_over_ranks, []
 
     def recording(params):
         before = [p.grad.detach().clone() for p in params if p.grad is not None]
         original(params)
         calls.append((before, [p.grad.detach().clone() for p in params if p.grad is not None]))
 
-    mt._sync_grads = recording
+    module.average_over_ranks = recording
     try:
         train(cfg, run_dir)
     finally:
-        mt._sync_grads = original
+        module.average_over_ranks = original
     torch.save(calls[0], Path(run_dir).parent / f"grads-{Path(run_dir).name}-rank{rank}.pt")
 
 
