@@ -60,14 +60,29 @@ def train_tiny_lm(data_dir, run_dir, checkpoint: str = "best.pt", **extra) -> Pa
 
 
 def meta_overrides(data_dir, lm_checkpoint, **extra) -> list:
-    """A tiny stage-2 run from `lm_checkpoint`: each test adds its sizes (streams, L, K, steps) in `extra`."""
+    """A tiny stage-2 run from `lm_checkpoint`: each test adds its sizes (streams, L, K, steps) in `extra`, where
+    None leaves a key of this base out."""
     base = {
         "stage": "meta", "meta.lm_checkpoint": str(lm_checkpoint), "data.dir": str(data_dir),
         "meta.valid_articles": 1, "meta.learner_lr": 0.01, "trainer.max_epochs": "null", "trainer.log_interval": 1,
         "trainer.progress_bar": "false", "trainer.device": "cpu",
     }
     base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return [f"{k}={v}" for k, v in base.items() if v is not None]
+
+
+# Joint training (issue #25): stage 2 also training θ0, with the rule in the loop, every parameter adapting, and the
+# EWC penalty on. One entry (test id: overrides) per way of taking θ0's gradient: the end-to-end tests of joint runs
+# (kill and resume, two ranks against one) run each.
+JOINT_CASES = {
+    "joint-bptt-first-order": {"rule": "cheap", "meta.train_static": "true", "meta.dynamic": "[*]",
+                               "meta.ewc": 100, "meta.second_order": "false"},
+    "joint-bptt-second-order": {"rule": "cheap", "meta.train_static": "true", "meta.dynamic": "[*]",
+                                "meta.ewc": 100, "meta.second_order": "true"},
+    # θ0 alone, with dyneval's fixed rule (nothing to learn, so no learner_lr)
+    "joint-first-order-dyneval": {"rule": "dyneval", "meta.estimator": "first_order", "meta.train_static": "true",
+                                  "meta.dynamic": "[*]", "meta.ewc": 100, "meta.learner_lr": None},
+}
 
 
 def straight_and_resumed(overrides: Sequence[str], root, stop_after: int = 4):

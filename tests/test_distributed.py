@@ -7,7 +7,6 @@ Models have every dropout at 0: with dropout, each rank draws its own masks and 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,28 +14,25 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.distributed import TCPStore
 
 from dynlm import dist
 from dynlm.run.checkpoint import load_checkpoint
 from dynlm.run.setup import mark_owner, resume_path
 from dynlm.train import train
-from hydra_helpers import compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
+from dynlm.train.estimators import ESTIMATORS
+from hydra_helpers import JOINT_CASES, compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
 
 REPO = Path(__file__).resolve().parents[1]
 NO_DROPOUT = {f"model.{k}": 0 for k in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")}
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, jobs: list) -> None:
-    """One rank of a gloo group set up the way torchrun does (env://); runs `jobs` = [(kind, overrides, arg)]."""
+    """One rank of a gloo group set up the way torchrun sets up its workers (env://, the agent's store at
+    MASTER_PORT); runs `jobs` = [(kind, overrides, arg)]."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+                      WORLD_SIZE=str(world), TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
     assert dist.init_distributed("gloo")
     try:
@@ -54,26 +50,31 @@ def _worker(rank: int, world: int, port: int, jobs: list) -> None:
 
 
 def _train_recording_meta_grads(cfg, run_dir, rank):
-    """Record the first window's meta-gradients just before and just after they are all-reduced."""
-    import dynlm.train.bptt_estimator as mt
-
-    original, calls = mt._sync_grads, []
+    """Record the first window's meta-gradients just before and just after they are all-reduced (one process: the
+    same twice), in grads-<run folder's name>-rank<rank>.pt next to the run folder."""
+    # the all-reduce of the estimator the run uses, as its module calls it
+    module = sys.modules[ESTIMATORS[cfg.meta.estimator].__module__]
+    original, calls = module.average_over_ranks, []
 
     def recording(params):
         before = [p.grad.detach().clone() for p in params if p.grad is not None]
         original(params)
         calls.append((before, [p.grad.detach().clone() for p in params if p.grad is not None]))
 
-    mt._sync_grads = recording
+    module.average_over_ranks = recording
     try:
         train(cfg, run_dir)
     finally:
-        mt._sync_grads = original
-    torch.save(calls[0], Path(run_dir).parent / f"grads-rank{rank}.pt")
+        module.average_over_ranks = original
+    torch.save(calls[0], Path(run_dir).parent / f"grads-{Path(run_dir).name}-rank{rank}.pt")
 
 
 def spawn(world: int, jobs: list) -> None:
-    mp.spawn(_worker, args=(world, free_port(), jobs), nprocs=world, join=True)
+    """Run `jobs` on `world` ranks. The rendezvous store is this process's, as torchrun's agent keeps one for its
+    workers, and listens from the moment it has its port: a port found free here and bound later by rank 0 (seconds
+    later: it starts Python first) can be taken in between by another process of a busy machine."""
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.spawn(_worker, args=(world, store.port, jobs), nprocs=world, join=True)
 
 
 def _assert_close_tree(a, b, path=""):
@@ -173,15 +174,19 @@ META_SIZES = {"meta.batch_size": 4, "meta.seg_len": 4, "meta.window": 2, "meta.g
               "meta.valid_max_tokens": 100, "trainer.max_steps": 4, "trainer.eval_interval": 2}
 
 
+# The learned rules (gated with its per-coordinate momentum state, a key only it reads; cheap with its per-stream
+# ([B, 2]) learner state), and joint training, θ0 trained too
+STAGE2_CASES = {"gated": {"rule": "gated", "rule.momentum": "true"}, "cheap": {"rule": "cheap"}, **JOINT_CASES}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", ["gated", "cheap"])  # per-coordinate, and per-stream ([B, 2]) learner state
+@pytest.mark.parametrize("case", list(STAGE2_CASES.values()), ids=list(STAGE2_CASES))
 def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_data_dir, lm_no_dropout, tmp_path,
-                                                                            rule):
-    # the gated rule with its per-coordinate momentum state (a key only it reads)
-    momentum = {"rule.momentum": "true"} if rule == "gated" else {}
-    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES, **momentum, rule=rule)
+                                                                            case):
+    over = meta_overrides(toy_data_dir, lm_no_dropout, **META_SIZES, **case)
+    joint = case.get("meta.train_static") == "true"
     one, two = tmp_path / "one", tmp_path / "two"
-    train(compose_config(over + ["trainer.stop_after_steps=2"]), one)
+    _train_recording_meta_grads(compose_config(over + ["trainer.stop_after_steps=2"]), one, 0)
     a2 = load_checkpoint(one / "checkpoints" / "last.pt")
     train(compose_config(over + ["trainer.resume=true"]), one)
     a4 = load_checkpoint(one / "checkpoints" / "last.pt")
@@ -190,25 +195,32 @@ def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_
     b2 = load_checkpoint(two / "checkpoints" / "last.pt")
     assert b2["progress"]["step"] == 2 and b2["progress"]["position"] == a2["progress"]["position"]
     assert b2["grad_stats"]["tokens"] == a2["grad_stats"]["tokens"]
-    for key in ("grad_stats", "meta_learner", "reading_state", "static_lm"):
+    # θ0 (trained only in joint runs), φ, and Adam's moments of both
+    for key in ("grad_stats", "meta_learner", "reading_state", "static_lm", "model", "meta_optimizer"):
         _assert_close_tree(a2[key], b2[key], key)
     assert next(iter(b2["reading_state"]["fast"].values())).shape[0] == 4  # every global stream
     assert all(t.shape[0] == 4 for t in b2["reading_state"]["learner"].values())
-    assert ("weight" in b2["meta_learner"]) == (rule == "cheap")  # the rule asked for (cheap's φ: weight, bias)
+    assert ("weight" in b2["meta_learner"]) == (case["rule"] == "cheap")  # the rule asked for (cheap's φ: weight, bias)
+    lm = load_checkpoint(lm_no_dropout)["model"]
+    moved = [n for n, t in lm.items() if not torch.equal(b2["model"][n], t)]
+    assert moved == (list(lm) if joint else []), moved  # θ0 trained in joint runs only
 
     # Each rank's meta-gradient is of its own streams' loss: different before the all-reduce, identical
-    # after it, and equal to their mean (= the gradient of the mean over all streams).
-    (before0, after0), (before1, after1) = (torch.load(tmp_path / f"grads-rank{r}.pt") for r in (0, 1))
-    assert len(before0) == len(before1) == len(after0) > 0
+    # after it, and equal to their mean (= the gradient of the mean over all streams: one rank's with all of them).
+    (before0, after0), (before1, after1) = (torch.load(tmp_path / f"grads-two-rank{r}.pt") for r in (0, 1))
+    _, alone = torch.load(tmp_path / "grads-one-rank0.pt")
+    # φ's gradients, then θ0's (every parameter) in joint runs
+    assert len(before0) == len(before1) == len(after0) == len(alone) == len(b2["meta_learner"]) + joint * len(lm)
     assert any(not torch.allclose(x, y) for x, y in zip(before0, before1))
-    for x, y, s, t in zip(after0, after1, before0, before1):
+    for x, y, s, t, g in zip(after0, after1, before0, before1, alone):
         assert torch.equal(x, y)
         torch.testing.assert_close(x, (s + t) / 2)
+        torch.testing.assert_close(x, g, **TOL)
 
     train(compose_config(over + ["trainer.resume=true"]), two)  # 2 ranks -> 1 rank
     b4 = load_checkpoint(two / "checkpoints" / "last.pt")
     assert b4["progress"]["step"] == 4
-    for key in ("meta_learner", "reading_state"):
+    for key in ("meta_learner", "reading_state", "model", "meta_optimizer"):
         _assert_close_tree(a4[key], b4[key], key)
 
 

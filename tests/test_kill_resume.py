@@ -1,6 +1,8 @@
 """SIGKILL at several points of both stages (between checkpoints, halfway through a checkpoint write), resume
 each time, and end bit-identical to a run that was never interrupted: weights, optimiser, averager, reading
-state, RNGs, and the same log records, none twice."""
+state, RNGs, and the same log records, none twice. Stage 2 also as joint training (θ0 trained too), which must
+leave its input, the stage-1 checkpoint, as it was."""
+import hashlib
 import json
 import os
 import subprocess
@@ -10,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_slice
 from dynlm.run.checkpoint import load_checkpoint
-from hydra_helpers import meta_overrides, tiny_lm_overrides
+from hydra_helpers import JOINT_CASES, meta_overrides, tiny_lm_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = str(Path(__file__).with_name("kill_wrapper.py"))
@@ -82,16 +85,41 @@ def test_stage1_killed_three_times_ends_bit_identical(wikitext2_slice_dir, tmp_p
     _compare(full, split)
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# φ alone (θ0 fixed), and each way of training θ0 with it
+STAGE2_CASES = {"phi-only": {}, **JOINT_CASES}
+
+
 @pytest.mark.slow
-def test_stage2_killed_three_times_ends_bit_identical(wikitext2_slice_dir, tmp_path):
+@pytest.mark.parametrize("case", list(STAGE2_CASES.values()), ids=list(STAGE2_CASES))
+def test_stage2_killed_three_times_ends_bit_identical(wikitext2_dir, tmp_path, case):
+    # a vocabulary small enough (< 8k words) that dyneval's step on the table (meta.dynamic=[*]) takes the blocks,
+    # not seconds of compiling in every process
+    data = write_slice(wikitext2_dir, tmp_path / "wt2", {"train": 600, "valid": 200, "test": 200})
     lm = tmp_path / "lm"
-    assert _train(tiny_lm_overrides(wikitext2_slice_dir, **{"trainer.max_steps": 20}) + [f"hydra.run.dir={lm}"]
-                  ).returncode == 0
-    args = meta_overrides(wikitext2_slice_dir, lm / "checkpoints" / "best.pt", **{
+    assert _train(tiny_lm_overrides(data, **{"trainer.max_steps": 20}) + [f"hydra.run.dir={lm}"]).returncode == 0
+    stage1 = lm / "checkpoints" / "best.pt"
+    digest = _sha256(stage1)
+    args = meta_overrides(data, stage1, **{
         "meta.batch_size": 2, "meta.seg_len": 4, "meta.window": 2, "meta.gradstat_tokens": 400,
-        "meta.valid_max_tokens": 200, "trainer.max_steps": 6, "trainer.eval_interval": 2})
+        "meta.valid_max_tokens": 200, "trainer.max_steps": 6, "trainer.eval_interval": 2, **case})
     full, split = tmp_path / "full", tmp_path / "split"
     assert _train(args + [f"hydra.run.dir={full}"]).returncode == 0
+    assert _sha256(stage1) == digest
     # step 1: before any checkpoint; checkpoints at steps 2, 4, 6: the resumed run's first write is at step 4
     _killed_then_resumed(args + [f"hydra.run.dir={split}"], split, ["step:1", "step:3", "write:1"])
+    assert _sha256(stage1) == digest  # the input of two runs and three resumes, never written
     _compare(full, split)
+
+    last, theta0 = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(stage1)["model"]
+    moved = [n for n, t in theta0.items() if not torch.equal(last["model"][n], t)]
+    trained = case.get("meta.train_static") == "true"
+    assert moved == (list(theta0) if trained else []), moved
+    assert all(torch.equal(last["anchor"][n], t) for n, t in theta0.items())  # EWC's anchor: stage 1's θ0
+    # Adam on φ and, with joint training, on θ0: a state for each (its moments compared bit for bit above)
+    groups = last["meta_optimizer"]["param_groups"]
+    assert [len(g["params"]) for g in groups[1:]] == ([len(theta0)] if trained else [])
+    assert set(last["meta_optimizer"]["state"]) == {i for g in groups for i in g["params"]}
