@@ -139,7 +139,7 @@ class Sizes:
     window: int = 4  # meta.window
     es_window: int = 32  # meta.window of the ES estimator's rows (meta_train, memory)
     memory_windows: Tuple[int, ...] = (4, 8, 16, 32)  # meta.window of the memory figure
-    joint_memory_windows: Tuple[int, ...] = (4, 8, 32)  # joint_train's memory (K=32 extrapolated where it would not fit)
+    joint_memory_windows: Tuple[int, ...] = (4, 8, 32)  # joint_train's memory (K=32 extrapolated if too big)
     # the synthetic corpus
     vocab: int = 33278  # WikiText-2's
     train_articles: int = 8
