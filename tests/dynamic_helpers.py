@@ -6,7 +6,7 @@ from typing import List, Sequence
 import torch
 
 from dynlm.config import ModelConfig
-from dynlm.dynamic.dyneval import DynEvalRule
+from dynlm.dynamic.dyneval import DIRECTIONS_OFF, DynEvalRule
 from dynlm.dynamic.fast_weights import select_dynamic
 from dynlm.dynamic.grad_stats import GradStats
 from dynlm.dynamic.meta_learner import GatedMetaLearner
@@ -69,6 +69,19 @@ def read(model, rule, names, segments, keep_graph=False, second_order=False, use
     return torch.stack(losses), state
 
 
+def read_with_resets(model, rule, names, segs, resets, keep_graph=False):
+    """Per-segment losses `[S, B]` and the final state; `resets[s]` (`[B]` bool) restarts streams before segment s."""
+    theta0 = static_weights(model, names)
+    state = fresh_state(model, theta0, segs[0].shape[1],
+                        rule.init_learner_state({n: t.unsqueeze(0) for n, t in theta0.items()}))
+    losses = []
+    for seg, reset in zip(segs, resets):
+        state = state.reset(reset, theta0)
+        loss, _, state, _ = adapt_segment(model, rule, state, theta0, seg[:-1], seg[1:], keep_graph=keep_graph)
+        losses.append(loss)
+    return torch.stack(losses), state
+
+
 def perturb(learner, seed=0, scale=0.3):
     """Move φ off its zero-initialised head so every path of the MLP carries gradient."""
     g = torch.Generator().manual_seed(seed)
@@ -79,7 +92,7 @@ def perturb(learner, seed=0, scale=0.3):
 
 
 def dyneval_for(learner: GatedMetaLearner, stats: GradStats) -> DynEvalRule:
-    return DynEvalRule(learner.names, stats, eta=learner.eta, lam=learner.lam, eps=learner.eps)
+    return DynEvalRule(learner.names, stats, eta=learner.eta, lam=learner.lam, eps=learner.eps, **DIRECTIONS_OFF)
 
 
 def tiny_meta_learning(model=None, dynamic=("layers.*",), eta=0.01, lam=0.02, rule="cheap", **meta):

@@ -4,17 +4,16 @@ exactly, and scripts/evaluate.py's path loads it from a stage-2 checkpoint."""
 import pytest
 import torch
 
-from dynamic_helpers import random_stats, read, tiny_model, tokens
+from dynamic_helpers import random_stats, read, read_with_resets, tiny_model, tokens
 from dynlm.dynamic.cheap_learner import ContextRule, context_features
-from dynlm.dynamic.dyneval import DynEvalRule
+from dynlm.dynamic.dyneval import DIRECTIONS_OFF, DynEvalRule
 from dynlm.dynamic.reading_state import fresh_state
-from dynlm.dynamic.segment import adapt_segment
 from dynlm.eval.evaluate import evaluate
 from dynlm.model import static_weights
 from eval_helpers import compose_eval
 from hydra_helpers import meta_overrides, records, straight_and_resumed
 
-KRAUSE = dict(eta=0.002, lam=0.02, eps=0.001)
+KRAUSE = dict(eta=0.002, lam=0.02, eps=0.001, **DIRECTIONS_OFF)
 
 
 def _setup(dtype=torch.float32, lam=KRAUSE["lam"]):
@@ -25,26 +24,13 @@ def _setup(dtype=torch.float32, lam=KRAUSE["lam"]):
     return model.eval(), names, stats, ContextRule(names, stats, **kw).to(dtype), DynEvalRule(names, stats, **kw)
 
 
-def _read_with_resets(model, rule, names, segs, resets):
-    """Per-segment losses and the final state; `resets[s]` ([B] bool) restarts streams before segment s."""
-    theta0 = static_weights(model, names)
-    state = fresh_state(model, theta0, segs[0].shape[1],
-                        rule.init_learner_state({n: t.unsqueeze(0) for n, t in theta0.items()}))
-    losses = []
-    for seg, reset in zip(segs, resets):
-        state = state.reset(reset, theta0)
-        loss, _, state, _ = adapt_segment(model, rule, state, theta0, seg[:-1], seg[1:])
-        losses.append(loss)
-    return torch.stack(losses), state
-
-
 def test_untrained_cheap_rule_is_dynamic_evaluation_over_segments_with_resets():
     model, names, _, cheap, dyneval = _setup()
     segs = tokens(7, 5, 3)
     no, yes = torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)
     resets = [no, no, torch.tensor([False, True, False]), no, yes, no, torch.tensor([True, False, False])]
-    loss_c, s_c = _read_with_resets(model, cheap, names, segs, resets)
-    loss_d, s_d = _read_with_resets(model, dyneval, names, segs, resets)
+    loss_c, s_c = read_with_resets(model, cheap, names, segs, resets)
+    loss_d, s_d = read_with_resets(model, dyneval, names, segs, resets)
     torch.testing.assert_close(loss_c, loss_d, rtol=1e-5, atol=1e-6)
     theta0 = static_weights(model, names)
     for n in names:

@@ -5,7 +5,7 @@ import torch
 
 from dynamic_helpers import dyneval_for, random_stats, read, setup, tiny_model, tokens
 from dynlm.dynamic.cheap_learner import ContextRule
-from dynlm.dynamic.dyneval import DynEvalRule
+from dynlm.dynamic.dyneval import DIRECTIONS_OFF, DynEvalRule
 from dynlm.dynamic.fast_weights import select_dynamic
 from dynlm.dynamic.gated_update import krause_gate_logits
 from dynlm.dynamic.reading import read_stream
@@ -47,7 +47,7 @@ def test_dyneval_takes_a_step_of_krauses_rule_on_every_parameter():
     big = names.index("layers.1.weight_hh")
     stats.v[names[big]][0, 0] = 1e3  # one coordinate whose decay rate Krause caps at 1/λ
     lr, lam, eps = 0.01, 0.05, 1e-4
-    rule = DynEvalRule(names, stats, eta=lr, lam=lam, eps=eps)
+    rule = DynEvalRule(names, stats, eta=lr, lam=lam, eps=eps, **DIRECTIONS_OFF)
     seg = torch.tensor([[3], [4], [5], [3], [4], [5]])
     _, state = read(model, rule, names, [seg])
 
@@ -108,7 +108,7 @@ def test_dynamic_embedding_update_changes_both_ends_and_stays_tied():
     names = select_dynamic(model, ["embedding.weight"])
     assert names == ["embedding.weight"]
     stats = random_stats(model, names)
-    rule = DynEvalRule(names, stats, eta=0.01, lam=0.02, eps=1e-3)
+    rule = DynEvalRule(names, stats, eta=0.01, lam=0.02, eps=1e-3, **DIRECTIONS_OFF)
     seg = torch.tensor([[3], [4], [5], [3], [4], [5]])
     _, state = read(model, rule, names, [seg])
     table0 = model.embedding.weight
@@ -147,7 +147,7 @@ def test_dyneval_derives_its_anchor_once_per_frozen_theta0_and_at_every_step_oth
     torch.manual_seed(0)
     model = tiny_model(torch.float64).eval()
     names = select_dynamic(model, ["layers.*"])
-    rule = DynEvalRule(names, random_stats(model, names), eta=0.01, lam=0.05, eps=1e-4)
+    rule = DynEvalRule(names, random_stats(model, names), eta=0.01, lam=0.05, eps=1e-4, **DIRECTIONS_OFF)
     theta0 = {n: t.detach().clone() for n, t in static_weights(model, names).items()}
     fast = {n: t.unsqueeze(0) + 0.1 for n, t in theta0.items()}
     grads = {n: torch.randn_like(t) for n, t in fast.items()}
@@ -189,7 +189,7 @@ def test_dyneval_is_krauses_update_to_float_noise_over_many_segments():
     names = ["layers.0.weight_hh", "layers.0.bias_ih"]
     stats = random_stats(model, names)
     lr, lam, eps = 0.002, 0.002, 1e-3  # Krause's λ: a weak decay, which a rounded keep = 1 − flush misstates most
-    rule = DynEvalRule(names, stats, eta=lr, lam=lam, eps=eps)
+    rule = DynEvalRule(names, stats, eta=lr, lam=lam, eps=eps, **DIRECTIONS_OFF)
     theta0 = {n: t.detach().clone() for n, t in static_weights(model, names).items()}
     ms = {n: stats.v[n].sqrt() for n in names}
     gsum = sum(float(ms[n].mean()) for n in names) / len(names)
@@ -220,7 +220,7 @@ def test_untrained_cheap_rule_reads_bit_identically_to_dyneval():
     model = tiny_model().eval()
     names = select_dynamic(model, ["*"])
     stats = random_stats(model, names)
-    kw = dict(eta=0.05, lam=0.02, eps=1e-3)
+    kw = dict(eta=0.05, lam=0.02, eps=1e-3, **DIRECTIONS_OFF)
     dyneval, cheap = DynEvalRule(names, stats, **kw), ContextRule(names, stats, **kw)
     ids = torch.randint(0, 23, (83,), generator=torch.Generator().manual_seed(2))
     for starts, restarts in (([0], [30]), ([0, 25, 51], [12, 40])):

@@ -8,7 +8,7 @@ from torch.func import functional_call
 from dynamic_helpers import VOCAB, random_stats, tiny_model
 from dynlm.config import ModelConfig
 from dynlm.dynamic.cheap_learner import ContextRule
-from dynlm.dynamic.dyneval import DynEvalRule
+from dynlm.dynamic.dyneval import DIRECTIONS_OFF, DynEvalRule
 from dynlm.dynamic.fast_weights import per_stream, select_dynamic
 from dynlm.dynamic.reading import read_stream
 from dynlm.dynamic.reading_state import fresh_state
@@ -122,7 +122,7 @@ def test_blockwise_step_is_the_dense_step_whatever_the_block():
 
 def _rule_pair(kind, names, stats):
     """The rule, and the same rule on the reference path in which autograd forms the table's whole gradient."""
-    kwargs = dict(eta=0.05, lam=0.02, eps=1e-3)
+    kwargs = dict(eta=0.05, lam=0.02, eps=1e-3, **DIRECTIONS_OFF)
     base = DynEvalRule if kind == "dyneval" else ContextRule
     dense = type("Dense" + base.__name__, (base,), {"takes_factored_gradients": False})
     rules = base(names, stats, **kwargs).double(), dense(names, stats, **kwargs).double()
@@ -209,7 +209,7 @@ def test_the_step_may_write_only_into_weights_the_reading_state_owns():
             offered.append({n for n, g in grads.items() if isinstance(g, FactoredGradient) and g.overwrite})
             return super().forward(fast, grads, theta0, seg_loss, learner_state)
 
-    rule = Recording(names, random_stats(model, names), eta=0.05, lam=0.02, eps=1e-3).double()
+    rule = Recording(names, random_stats(model, names), eta=0.05, lam=0.02, eps=1e-3, **DIRECTIONS_OFF).double()
     theta0 = static_weights(model, names)
     x, y = _segment(streams=1)
     state = fresh_state(model, theta0, 1, {})

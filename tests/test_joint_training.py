@@ -12,6 +12,7 @@ import torch
 
 from dynamic_helpers import RandomStreams, perturb, tiny_meta_learning, tiny_model
 from dynlm.dynamic.cheap_learner import ContextRule
+from dynlm.dynamic.dyneval import DIRECTIONS_OFF
 from dynlm.model import token_nll
 from dynlm.train.meta_trainer import fresh_window_state
 from dynlm.train.window_reading import read_window
@@ -60,7 +61,7 @@ def test_with_the_rules_step_at_zero_joint_training_is_stage_1_on_the_same_token
     model = tiny_model(torch.float64, dropout=False)
     stage1 = copy.deepcopy(model)
     ml = joint_learning(model, second_order)
-    zero_step = ContextRule(ml.names, ml.stats, eta=0.0, lam=0.0, eps=0.001).to(torch.float64)
+    zero_step = ContextRule(ml.names, ml.stats, eta=0.0, lam=0.0, eps=0.001, **DIRECTIONS_OFF).to(torch.float64)
     perturb(zero_step, scale=0.5)  # scales far from 1: still no step
     ml = dataclasses.replace(ml, learner=zero_step)
     streams = RandomStreams(seg_len=L, batch=B)
@@ -98,7 +99,7 @@ def test_after_a_truncation_theta0_still_gets_stage_1s_gradient(second_order):
     model = tiny_model(torch.float64, dropout=False)
     stage1 = copy.deepcopy(model)
     ml = joint_learning(model, second_order)
-    zero_step = ContextRule(ml.names, ml.stats, eta=0.0, lam=0.0, eps=0.001).to(torch.float64)
+    zero_step = ContextRule(ml.names, ml.stats, eta=0.0, lam=0.0, eps=0.001, **DIRECTIONS_OFF).to(torch.float64)
     ml = dataclasses.replace(ml, learner=zero_step)
     streams = OneArticle(seg_len=L, batch=B)
     state, _ = fresh_window_state(ml, B)

@@ -62,11 +62,11 @@ def _reference_adaptive(model, rule, names, ids, seg_len, restarts=()):
 
 def _rule(model):
     from dynamic_helpers import random_stats
-    from dynlm.dynamic.dyneval import DynEvalRule
+    from dynlm.dynamic.dyneval import DIRECTIONS_OFF, DynEvalRule
     from dynlm.dynamic.fast_weights import select_dynamic
 
     names = select_dynamic(model, ["*"])
-    return DynEvalRule(names, random_stats(model, names), eta=0.01, lam=0.02, eps=1e-3), names
+    return DynEvalRule(names, random_stats(model, names), eta=0.01, lam=0.02, eps=1e-3, **DIRECTIONS_OFF), names
 
 
 def test_one_stream_is_the_standard_protocol_token_for_token():

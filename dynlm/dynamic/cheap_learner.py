@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kernels.factored_gradient import FactoredGradient
-from .dyneval import DynEvalRule, KrauseConfig
+from .dyneval import DirectionsConfig, DynEvalRule
 from .registry import register_rule
 from .rule_base import RuleOutput, buffer_name
 
@@ -55,7 +55,7 @@ def grad_norm_features(grads: Sequence[Tensor], log_scale: Tensor) -> Tensor:
 
 
 @dataclass
-class CheapConfig(KrauseConfig):
+class CheapConfig(DirectionsConfig):
     name: str = "cheap"  # Krause's rule, its step size and decay scaled per tensor and stream by a learned model
 
 
@@ -64,8 +64,8 @@ class ContextRule(DynEvalRule):
     """Krause's rule whose step size and decay a tiny linear model scales per (tensor, stream), from context.
     The step is dynamic evaluation's (`DynEvalRule.krause_update`, factored gradients included) with the scales."""
 
-    def __init__(self, names, stats, *, eta: float, lam: float, eps: float):
-        super().__init__(names, stats, eta=eta, lam=lam, eps=eps)
+    def __init__(self, names, stats, *, eta: float, lam: float, eps: float, momentum_beta: float):
+        super().__init__(names, stats, eta=eta, lam=lam, eps=eps, momentum_beta=momentum_beta)
         n = len(self.names)
         # [2, tensors, features]: row 0 the log step scale, row 1 the log decay scale; zero = dynamic evaluation
         self.weight = nn.Parameter(torch.zeros(2, n, NUM_FEATURES))
@@ -84,7 +84,7 @@ class ContextRule(DynEvalRule):
 
     def init_learner_state(self, fast: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         like = next(iter(fast.values()))
-        return {CONTEXT: torch.zeros(1, 2, dtype=like.dtype, device=like.device)}
+        return {**super().init_learner_state(fast), CONTEXT: torch.zeros(1, 2, dtype=like.dtype, device=like.device)}
 
     def scales(self, shared: Tensor, grad_feats: Tensor) -> Tensor:
         """`[2, B, tensors]` (s_step, s_decay) from `shared [B, 4]` and `grad_feats [B, tensors]`."""
@@ -102,10 +102,9 @@ class ContextRule(DynEvalRule):
         shared, new_context = context_features(seg_loss.to(context.dtype), context)
         grad_feats = grad_norm_features([grads[n] for n in self.names], self.grad_log_scale)
         s = self.scales(shared, grad_feats)
-        new = {n: self.krause_update(n, fast[n], theta0, grads[n], s_decay=s[1, :, k], s_step=s[0, :, k])
-               for k, n in enumerate(self.names)}
+        new, state = self.update_all(fast, grads, theta0, learner_state, s_decay=s[1], s_step=s[0])
         diag = {"scale/step": s[0].detach().mean(), "scale/decay": s[1].detach().mean()}
-        return new, {**learner_state, CONTEXT: new_context.detach()}, diag
+        return new, {**state, CONTEXT: new_context.detach()}, diag
 
 
 __all__ = ["CheapConfig", "ContextRule", "context_features", "grad_norm_features"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 from ..kernels.factored_gradient import FactoredGradient, FactoredStep
 from ..kernels.krause_dense import krause_dense_step
+from ..maths.directions import momentum_direction, momentum_step
 from ..maths.krause import krause_flush, krause_gain
 from .grad_stats import GradStats
 from .registry import register_rule
@@ -28,7 +30,22 @@ class KrauseConfig:
 
 
 @dataclass
-class DynEvalConfig(KrauseConfig):
+class DirectionsConfig(KrauseConfig):
+    """Update directions beyond Krause's (issue #25, `maths/directions.py`), options of his rule and of the cheap
+    rule (not of the gated one, whose own `momentum` is a learned gate); each at 0 leaves his step bit for bit."""
+
+    momentum_beta: float = 0.0  # β: the step accumulates across segments, m' = β m + gain ⊙ g, θ' −= m'; 0: off
+
+    ranges: ClassVar[Dict[str, Tuple]] = {**KrauseConfig.ranges, "momentum_beta": (0.0, 1.0, True, False)}
+
+
+# every direction off: Krause's rule (callers that build a rule by hand and want his)
+DIRECTIONS_OFF = {"momentum_beta": 0.0}
+MOMENTUM = "momentum/"  # learner state: the momentum of tensor n, `[B, *shape]`, is learner[MOMENTUM + n]
+
+
+@dataclass
+class DynEvalConfig(DirectionsConfig):
     name: str = "dyneval"  # Krause's fixed rule
 
 
@@ -44,18 +61,28 @@ class DynEvalRule(StatsRule):
     gradients of the tied table and the LSTM matrices come factored (`FactoredGradient`) and the step is taken
     without ever forming them (`factored_step`, a `FactoredStep` this rule owns); the others take
     `krause_dense_step`.
+
+    Options (`DirectionsConfig`, off at 0): `momentum_beta` carries the step across segments in the learner state
+    (`maths/directions.py`).
     """
 
     takes_factored_gradients = True
 
-    def __init__(self, names: Sequence[str], stats: GradStats, *, eta: float, lam: float, eps: float):
+    def __init__(self, names: Sequence[str], stats: GradStats, *, eta: float, lam: float, eps: float,
+                 momentum_beta: float):
         super().__init__(names, stats, eta=eta, lam=lam, eps=eps)
+        self.momentum_beta = momentum_beta
         self.factored_step = FactoredStep()  # what it compiled, and whether compiling failed
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
         self.register_buffer("flush__" + buffer_name(n), krause_flush(rms, self.decay_norm, self.lam),
                              persistent=False)
         self.register_buffer("gain__" + buffer_name(n), krause_gain(rms, self.eta, self.eps), persistent=False)
+
+    def init_learner_state(self, fast: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        if not self.momentum_beta:
+            return {}
+        return {MOMENTUM + n: torch.zeros_like(t) for n, t in fast.items()}
 
     def krause_update(self, n: str, theta: Tensor, theta0: Mapping[str, Tensor], g,
                       s_decay: Optional[Tensor] = None, s_step: Optional[Tensor] = None) -> Tensor:
@@ -66,8 +93,37 @@ class DynEvalRule(StatsRule):
             return self.factored_step(theta, flush, self.anchored(n, theta0), gain, g, s_decay, s_step)
         return krause_dense_step(theta, self.anchored(n, theta0), flush, gain, g, s_decay, s_step)
 
+    def momentum_update(self, n: str, theta: Tensor, theta0: Mapping[str, Tensor], g, m: Tensor,
+                        s_decay: Optional[Tensor] = None, s_step: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """`(θ', m')`: Krause's decay with the momentum m' = β m + s_step · gain ⊙ g as the step. A factored g is
+        formed here: m is a dense per-stream tensor anyway, and the step reads it in full."""
+        b = buffer_name(n)
+        flush, gain = getattr(self, "flush__" + b), getattr(self, "gain__" + b)
+        dense = g.dense() if isinstance(g, FactoredGradient) else g
+        view = (-1,) + (1,) * (theta.dim() - 1)
+        step = gain * dense if s_step is None else s_step.view(view) * (gain * dense)
+        m = momentum_direction(m, step, self.momentum_beta)
+        return momentum_step(theta, self.anchored(n, theta0), flush, m,
+                             1.0 if s_decay is None else s_decay.view(view)), m
+
+    def update_all(self, fast, grads, theta0, learner_state, s_decay: Optional[Tensor] = None,
+                   s_step: Optional[Tensor] = None) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """Every tensor's step, `s_* [B, tensors]` the per-stream scales (None: 1): the new weights and the
+        learner state with the new momenta (when `momentum_beta` > 0)."""
+        new, state = {}, dict(learner_state)
+        for k, n in enumerate(self.names):
+            sd, ss = (None if s is None else s[:, k] for s in (s_decay, s_step))
+            if self.momentum_beta:
+                m = state.get(MOMENTUM + n)
+                m = torch.zeros_like(fast[n]) if m is None else m
+                new[n], state[MOMENTUM + n] = self.momentum_update(n, fast[n], theta0, grads[n], m, sd, ss)
+            else:
+                new[n] = self.krause_update(n, fast[n], theta0, grads[n], sd, ss)
+        return new, state
+
     def forward(self, fast, grads, theta0, seg_loss, learner_state) -> RuleOutput:
-        return {n: self.krause_update(n, fast[n], theta0, grads[n]) for n in self.names}, learner_state, {}
+        new, state = self.update_all(fast, grads, theta0, learner_state)
+        return new, state, {}
 
 
-__all__ = ["DynEvalConfig", "DynEvalRule", "KrauseConfig"]
+__all__ = ["DIRECTIONS_OFF", "DirectionsConfig", "DynEvalConfig", "DynEvalRule", "KrauseConfig", "MOMENTUM"]

@@ -16,12 +16,12 @@ from torch import nn
 
 from .. import dist
 from ..cache import sha256_file
-from ..config import DataConfig, DynlmError, MetaConfig
+from ..config import DataConfig, DynlmError, MetaConfig, check_range
 from ..data import Corpus, Split, TextFile, hold_out, load_corpus
 from ..data.sources import read_hub, read_local
 from ..dynamic.fast_weights import select_dynamic
 from ..dynamic.grad_stats import GradStats
-from ..dynamic.rules import LEARNED, rule_config, rule_names
+from ..dynamic.rules import LEARNED, rule_config, rule_names, rule_spec
 from ..model import AWDLSTM
 from ..run.allocator import keep_freed_memory_on
 from ..run.checkpoint import CheckpointError, load_checkpoint
@@ -173,8 +173,12 @@ def fixed_rule_settings(method: str, learned_rule: Optional[Dict[str, Any]], e) 
     (the keys the two share: η, λ, ε); for dyneval, the `eval.dyneval_*` set replace them."""
     cfg = rule_config(method, like=learned_rule)
     if method == "dyneval":
-        chosen = {"eta": e.dyneval_eta, "lam": e.dyneval_lam, "eps": e.dyneval_eps}
-        cfg = OmegaConf.merge(cfg, {k: v for k, v in chosen.items() if v is not None})
+        chosen = {"eta": e.dyneval_eta, "lam": e.dyneval_lam, "eps": e.dyneval_eps,
+                  "momentum_beta": e.dyneval_momentum_beta}
+        chosen = {k: v for k, v in chosen.items() if v is not None}
+        for key, value in chosen.items():  # here, before any long work, and named as the user wrote it
+            check_range(f"eval.dyneval_{key}", value, rule_spec(method).config.ranges[key])
+        cfg = OmegaConf.merge(cfg, chosen)
     return cfg
 
 

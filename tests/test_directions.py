@@ -1,0 +1,151 @@
+"""Update directions beyond Krause's (issue #25), options of rule=dyneval and rule=cheap: each at 0 reads bit for bit
+as dynamic evaluation does, and each set changes the reading as its formula says (a float64 hand computation on a
+tiny model, every parameter adapting: the factored table and LSTM matrices, the dense biases)."""
+import pytest
+import torch
+
+from dynamic_helpers import random_stats, read_with_resets, tiny_model, tokens
+from dynlm.config import ConfigValueError
+from dynlm.dynamic.cheap_learner import ContextRule
+from dynlm.dynamic.dyneval import DIRECTIONS_OFF, MOMENTUM, DynEvalRule
+from dynlm.dynamic.fast_weights import select_dynamic
+from dynlm.dynamic.reading import read_stream
+from dynlm.dynamic.rules import build_rule, check_rule_config, rule_config
+from dynlm.dynamic.segment import segment_losses
+from dynlm.eval.inputs import fixed_rule_settings
+from dynlm.model import static_weights
+from eval_helpers import compose_eval
+from hydra_helpers import compose_config
+
+KRAUSE = dict(eta=0.05, lam=0.02, eps=1e-3)
+
+
+class KrauseOnly(DynEvalRule):
+    """Dynamic evaluation as it was before the options: Krause's step of every tensor, no learner state."""
+
+    def forward(self, fast, grads, theta0, seg_loss, learner_state):
+        return {n: self.krause_update(n, fast[n], theta0, grads[n]) for n in self.names}, learner_state, {}
+
+
+def _model(dtype=torch.float32):
+    model = tiny_model(dtype).eval()
+    names = select_dynamic(model, ["*"])
+    return model, names, random_stats(model, names)
+
+
+def _read(model, rule, names, ids, starts, restarts):
+    return read_stream(model, ids, 0, 5, rule=rule, names=names, starts=starts, restarts=restarts)
+
+
+@pytest.mark.parametrize("name", ["dyneval", "cheap"])
+def test_every_direction_off_reads_bit_identically_to_dynamic_evaluation(name):
+    """The rule built from its config with every option at 0 (the defaults) is today's dynamic evaluation: the
+    same per-token losses, bit for bit, one stream and three (padded segments), with article restarts; and it
+    keeps no learner state for them (a checkpoint holds nothing more)."""
+    model, names, stats = _model()
+    cfg = rule_config(name)
+    assert {k: cfg[k] for k in DIRECTIONS_OFF} == DIRECTIONS_OFF
+    rule = build_rule(rule_config(name, like={**KRAUSE, **DIRECTIONS_OFF}), names, stats)
+    assert set(rule.init_learner_state(static_weights(model, names))) <= {"context"}
+    krause = KrauseOnly(names, stats, **KRAUSE, **DIRECTIONS_OFF)
+    ids = torch.randint(0, 23, (83,), generator=torch.Generator().manual_seed(2))
+    for starts, restarts in (([0], [30]), ([0, 25, 51], [12, 40])):
+        assert torch.equal(_read(model, rule, names, ids, starts, restarts),
+                           _read(model, krause, names, ids, starts, restarts))
+
+
+def _hand_reading(model, names, stats, segs, resets, beta):
+    """Per-segment losses and final weights of the rule's formulas written out in float64: g by autograd, then
+    m' = β m + η/(√v + ε) ⊙ g, θ' = θ + min(λ √v / decay_norm, 1) ⊙ (θ0 − θ) − m' (m = 0 and θ = θ0 at a reset)."""
+    theta0 = static_weights(model, names)
+    b = segs[0].shape[1]
+    fast = {n: t.unsqueeze(0).repeat(b, *[1] * t.dim()) for n, t in theta0.items()}
+    m = {n: torch.zeros_like(t) for n, t in fast.items()}
+    state = model.init_state(b)
+    gain = {n: KRAUSE["eta"] / (stats.v[n].sqrt() + KRAUSE["eps"]) for n in names}
+    flush = {n: (KRAUSE["lam"] * stats.v[n].sqrt() / stats.decay_norm).clamp(max=1.0) for n in names}
+    losses = []
+    for seg, reset in zip(segs, resets):
+        keep = (~reset).double()
+        state = [(h * keep[:, None], c * keep[:, None]) for h, c in state]
+        for n in names:
+            k = keep.view(-1, *[1] * theta0[n].dim())
+            fast[n] = k * fast[n] + (1 - k) * theta0[n]
+            m[n] = k * m[n]
+        leaves = {n: t.detach().requires_grad_() for n, t in fast.items()}
+        with torch.enable_grad():
+            loss, _, state = segment_losses(model, leaves, state, seg[:-1], seg[1:])
+            grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
+        state = [(h.detach(), c.detach()) for h, c in state]
+        for n, g in zip(names, grads):
+            m[n] = beta * m[n] + gain[n] * g
+            fast[n] = fast[n] + flush[n] * (theta0[n] - fast[n]) - m[n]
+        losses.append(loss.detach())
+    return torch.stack(losses), fast, m
+
+
+def _resets(b):
+    no = torch.zeros(b, dtype=torch.bool)
+    return [no, no, torch.tensor([False, True]), no, no]
+
+
+@pytest.mark.parametrize("keep_graph", [False, True])  # evaluation's factored reading; stage 2's graph
+@pytest.mark.parametrize("name", ["dyneval", "cheap"])
+def test_momentum_carries_the_step_across_segments_and_restarts_with_the_article(name, keep_graph):
+    model, names, stats = _model(torch.float64)
+    beta = 0.7
+    cls = DynEvalRule if name == "dyneval" else ContextRule
+    rule = cls(names, stats, **KRAUSE, **{**DIRECTIONS_OFF, "momentum_beta": beta}).double()
+    segs, resets = tokens(5, 5, 2, seed=3), _resets(2)
+    losses, state = read_with_resets(model, rule, names, segs, resets, keep_graph)
+    hand_losses, hand_fast, hand_m = _hand_reading(model, names, stats, segs, resets, beta)
+    torch.testing.assert_close(losses.detach(), hand_losses, rtol=1e-10, atol=1e-12)
+    for n in names:
+        torch.testing.assert_close(state.fast[n].detach(), hand_fast[n], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(state.learner[MOMENTUM + n].detach(), hand_m[n], rtol=1e-9, atol=1e-12)
+    # it is not Krause's reading: the carried momentum moved the weights further
+    plain, _, _ = _hand_reading(model, names, stats, segs, resets, 0.0)
+    assert not torch.allclose(losses.detach(), plain, rtol=1e-6, atol=0)
+
+
+def test_the_momentum_is_saved_one_row_per_stream_and_reset_zeroes_only_its_stream():
+    model, names, stats = _model()
+    rule = DynEvalRule(names, stats, **KRAUSE, **{**DIRECTIONS_OFF, "momentum_beta": 0.5})
+    segs = tokens(2, 5, 3)
+    _, state = read_with_resets(model, rule, names, segs, [torch.zeros(3, dtype=torch.bool)] * 2)
+    saved = state.to_dict()["learner"]
+    assert set(saved) == {MOMENTUM + n for n in names}
+    assert all(t.shape[0] == 3 and bool(t.abs().sum() > 0) for t in saved.values())
+    reset = state.reset(torch.tensor([False, True, False]), static_weights(model, names))
+    for n in names:
+        m = reset.learner[MOMENTUM + n]
+        assert bool((m[1] == 0).all()) and torch.equal(m[0], state.learner[MOMENTUM + n][0])
+
+
+def test_momentum_passes_the_meta_gradient_to_the_cheap_rule():
+    """Stage 2 differentiates the reading w.r.t. φ through the carried momentum."""
+    model, names, stats = _model(torch.float64)
+    rule = ContextRule(names, stats, **KRAUSE, **{**DIRECTIONS_OFF, "momentum_beta": 0.5}).double()
+    segs = tokens(3, 5, 2, seed=4)
+    losses, _ = read_with_resets(model, rule, names, segs, [torch.zeros(2, dtype=torch.bool)] * 3, keep_graph=True)
+    losses[1:].sum().backward()
+    assert float(rule.bias.grad.abs().sum()) > 0 and float(rule.weight.grad.abs().sum()) > 0
+
+
+
+def test_evaluation_and_stage2_set_the_directions_as_they_set_krauses_hyperparameters():
+    """eval.dyneval_<key> sets dyneval's option (over where a stage-2 checkpoint's learned rule started), rule.<key>
+    sets stage 2's rule and its dyneval baseline; a value out of range fails before any work, named as written."""
+    e = compose_eval(["checkpoint=x.pt", "eval.dyneval_momentum_beta=0.3"]).eval
+    assert fixed_rule_settings("dyneval", None, e).momentum_beta == 0.3
+    learned = {"name": "cheap", **KRAUSE, **DIRECTIONS_OFF, "momentum_beta": 0.6}
+    assert fixed_rule_settings("dyneval", learned, compose_eval(["checkpoint=x.pt"]).eval).momentum_beta == 0.6
+    assert fixed_rule_settings("dyneval", learned, e).momentum_beta == 0.3
+    with pytest.raises(ConfigValueError, match=r"eval\.dyneval_momentum_beta=1\.0 is out of range"):
+        fixed_rule_settings("dyneval", None, compose_eval(["checkpoint=x.pt", "eval.dyneval_momentum_beta=1.0"]).eval)
+    cfg = compose_config(["stage=meta", "rule=cheap", "rule.momentum_beta=0.6"])
+    model, names, stats = _model()
+    assert build_rule(cfg.rule, names, stats).momentum_beta == 0.6
+    assert build_rule(rule_config("dyneval", like=cfg.rule), names, stats).momentum_beta == 0.6  # its validation
+    with pytest.raises(ConfigValueError, match=r"rule\.momentum_beta=1\.0 is out of range"):
+        check_rule_config(compose_config(["rule=dyneval", "rule.momentum_beta=1.0"]).rule)
