@@ -13,6 +13,7 @@ from dynlm.dynamic.reading import read_stream
 from dynlm.dynamic.rules import build_rule, check_rule_config, rule_config
 from dynlm.dynamic.segment import segment_losses
 from dynlm.eval.inputs import fixed_rule_settings
+from dynlm.maths.directions import delta_forget, delta_forget_factors
 from dynlm.model import static_weights
 from eval_helpers import compose_eval
 from hydra_helpers import compose_config
@@ -54,9 +55,10 @@ def test_every_direction_off_reads_bit_identically_to_dynamic_evaluation(name):
                            _read(model, krause, names, ids, starts, restarts))
 
 
-def _hand_reading(model, names, stats, segs, resets, beta):
+def _hand_reading(model, names, stats, segs, resets, beta=0.0, mu=0.0):
     """Per-segment losses and final weights of the rule's formulas written out in float64: g by autograd, then
-    m' = β m + η/(√v + ε) ⊙ g, θ' = θ + min(λ √v / decay_norm, 1) ⊙ (θ0 − θ) − m' (m = 0 and θ = θ0 at a reset)."""
+    m' = β m + η/(√v + ε) ⊙ g, θ' = θ + min(λ √v / decay_norm, 1) ⊙ (θ0 − θ) − m' − μ (θ − θ0) P for a matrix,
+    P = Uᵀ (U Uᵀ + εI)⁻¹ U of the inputs U it multiplied, ε = 10⁻³ · mean ‖u_t‖² (m = 0 and θ = θ0 at a reset)."""
     theta0 = static_weights(model, names)
     b = segs[0].shape[1]
     fast = {n: t.unsqueeze(0).repeat(b, *[1] * t.dim()) for n, t in theta0.items()}
@@ -73,13 +75,21 @@ def _hand_reading(model, names, stats, segs, resets, beta):
             fast[n] = k * fast[n] + (1 - k) * theta0[n]
             m[n] = k * m[n]
         leaves = {n: t.detach().requires_grad_() for n, t in fast.items()}
+        inputs = {}
         with torch.enable_grad():
-            loss, _, state = segment_losses(model, leaves, state, seg[:-1], seg[1:])
+            loss, _, state = segment_losses(model, leaves, state, seg[:-1], seg[1:], inputs=inputs)
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         state = [(h.detach(), c.detach()) for h, c in state]
         for n, g in zip(names, grads):
             m[n] = beta * m[n] + gain[n] * g
-            fast[n] = fast[n] + flush[n] * (theta0[n] - fast[n]) - m[n]
+            new = fast[n] + flush[n] * (theta0[n] - fast[n]) - m[n]
+            if fast[n].dim() == 3:
+                u = inputs[n].transpose(0, 1)  # [B, L, C]
+                gram = u @ u.transpose(1, 2)
+                eps = 1e-3 * gram.diagonal(dim1=1, dim2=2).mean(-1)
+                p = u.transpose(1, 2) @ torch.linalg.inv(gram + eps[:, None, None] * torch.eye(u.shape[1])) @ u
+                new = new - mu * (fast[n] - theta0[n]) @ p
+            fast[n] = new
         losses.append(loss.detach())
     return torch.stack(losses), fast, m
 
@@ -98,14 +108,67 @@ def test_momentum_carries_the_step_across_segments_and_restarts_with_the_article
     rule = cls(names, stats, **KRAUSE, **{**DIRECTIONS_OFF, "momentum_beta": beta}).double()
     segs, resets = tokens(5, 5, 2, seed=3), _resets(2)
     losses, state = read_with_resets(model, rule, names, segs, resets, keep_graph)
-    hand_losses, hand_fast, hand_m = _hand_reading(model, names, stats, segs, resets, beta)
+    hand_losses, hand_fast, hand_m = _hand_reading(model, names, stats, segs, resets, beta=beta)
     torch.testing.assert_close(losses.detach(), hand_losses, rtol=1e-10, atol=1e-12)
     for n in names:
         torch.testing.assert_close(state.fast[n].detach(), hand_fast[n], rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(state.learner[MOMENTUM + n].detach(), hand_m[n], rtol=1e-9, atol=1e-12)
     # it is not Krause's reading: the carried momentum moved the weights further
-    plain, _, _ = _hand_reading(model, names, stats, segs, resets, 0.0)
+    plain, _, _ = _hand_reading(model, names, stats, segs, resets)
     assert not torch.allclose(losses.detach(), plain, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("keep_graph", [False, True])
+@pytest.mark.parametrize("name", ["dyneval", "cheap"])
+def test_delta_decay_forgets_the_memory_along_the_inputs_just_read(name, keep_graph):
+    """Without a graph the inputs are the factored gradients' u; with one (stage 2), what the model recorded."""
+    model, names, stats = _model(torch.float64)
+    mu = 0.6
+    cls = DynEvalRule if name == "dyneval" else ContextRule
+    rule = cls(names, stats, **KRAUSE, **{**DIRECTIONS_OFF, "delta_decay": mu}).double()
+    assert rule.takes_inputs
+    segs, resets = tokens(5, 5, 2, seed=3), _resets(2)
+    losses, state = read_with_resets(model, rule, names, segs, resets, keep_graph)
+    hand_losses, hand_fast, _ = _hand_reading(model, names, stats, segs, resets, mu=mu)
+    torch.testing.assert_close(losses.detach(), hand_losses, rtol=1e-10, atol=1e-12)
+    for n in names:
+        torch.testing.assert_close(state.fast[n].detach(), hand_fast[n], rtol=1e-9, atol=1e-12)
+    plain, plain_fast, _ = _hand_reading(model, names, stats, segs, resets)
+    assert not torch.allclose(losses.detach(), plain, rtol=1e-6, atol=0)
+    # matrices only: a bias moves as in Krause's reading until the matrices' change reaches its gradient
+    assert not torch.equal(hand_fast["layers.0.weight_hh"], plain_fast["layers.0.weight_hh"])
+
+
+def test_the_recorded_inputs_are_what_each_matrix_multiplied():
+    """An LSTM matrix's gradient is Σ_t d_t u_tᵀ: it lies in the span of the recorded inputs (G = G U⁺ U); the first
+    h_{t−1} of a fresh state is zero, so U⁺ is the pseudo-inverse."""
+    model, names, _ = _model(torch.float64)
+    theta0 = static_weights(model, names)
+    fast = {n: t.unsqueeze(0).repeat(2, *[1] * t.dim()).requires_grad_() for n, t in theta0.items()}
+    seg = tokens(1, 5, 2, seed=6)[0]
+    inputs = {}
+    with torch.enable_grad():
+        loss, _, _ = segment_losses(model, fast, model.init_state(2), seg[:-1], seg[1:], inputs=inputs)
+        grads = dict(zip(names, torch.autograd.grad(loss.sum(), list(fast.values()))))
+    matrices = [n for n in names if theta0[n].dim() == 2 and n != model.TIED_TABLE]
+    assert set(inputs) == set(matrices) | {model.TIED_TABLE}
+    for n in matrices:
+        u = inputs[n].transpose(0, 1)
+        p = torch.linalg.pinv(u) @ u
+        torch.testing.assert_close(grads[n] @ p, grads[n], rtol=1e-8, atol=1e-12)
+        assert float(grads[n].abs().max()) > 1e-6
+
+
+def test_the_low_rank_delta_decay_is_the_projection():
+    g = torch.Generator().manual_seed(7)
+    shapes = ((3, 9, 7), (9, 7), (3, 4, 7))
+    theta, theta0, u = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in shapes)
+    a, k = delta_forget_factors(theta, theta0, u, 0.4)
+    torch.testing.assert_close(a @ k, delta_forget(theta, theta0, u, 0.4), rtol=1e-12, atol=1e-12)
+    # μ = 1 with orthogonal inputs spanning every direction forgets all of the memory but the ridge's 10⁻³ / (1 + 10⁻³)
+    full = 2.0 * torch.linalg.qr(torch.randn(3, 7, 7, generator=g, dtype=torch.float64))[0]
+    left = theta - theta0 - delta_forget(theta, theta0, full, 1.0)
+    torch.testing.assert_close(left, (theta - theta0) * (1e-3 / (1 + 1e-3)), rtol=1e-9, atol=1e-12)
 
 
 def test_the_momentum_is_saved_one_row_per_stream_and_reset_zeroes_only_its_stream():
@@ -136,16 +199,17 @@ def test_momentum_passes_the_meta_gradient_to_the_cheap_rule():
 def test_evaluation_and_stage2_set_the_directions_as_they_set_krauses_hyperparameters():
     """eval.dyneval_<key> sets dyneval's option (over where a stage-2 checkpoint's learned rule started), rule.<key>
     sets stage 2's rule and its dyneval baseline; a value out of range fails before any work, named as written."""
-    e = compose_eval(["checkpoint=x.pt", "eval.dyneval_momentum_beta=0.3"]).eval
+    e = compose_eval(["checkpoint=x.pt", "eval.dyneval_momentum_beta=0.3", "eval.dyneval_delta_decay=0.2"]).eval
     assert fixed_rule_settings("dyneval", None, e).momentum_beta == 0.3
+    assert fixed_rule_settings("dyneval", None, e).delta_decay == 0.2
     learned = {"name": "cheap", **KRAUSE, **DIRECTIONS_OFF, "momentum_beta": 0.6}
     assert fixed_rule_settings("dyneval", learned, compose_eval(["checkpoint=x.pt"]).eval).momentum_beta == 0.6
     assert fixed_rule_settings("dyneval", learned, e).momentum_beta == 0.3
     with pytest.raises(ConfigValueError, match=r"eval\.dyneval_momentum_beta=1\.0 is out of range"):
         fixed_rule_settings("dyneval", None, compose_eval(["checkpoint=x.pt", "eval.dyneval_momentum_beta=1.0"]).eval)
-    cfg = compose_config(["stage=meta", "rule=cheap", "rule.momentum_beta=0.6"])
+    cfg = compose_config(["stage=meta", "rule=cheap", "rule.momentum_beta=0.6", "rule.delta_decay=0.1"])
     model, names, stats = _model()
-    assert build_rule(cfg.rule, names, stats).momentum_beta == 0.6
-    assert build_rule(rule_config("dyneval", like=cfg.rule), names, stats).momentum_beta == 0.6  # its validation
+    for rule in build_rule(cfg.rule, names, stats), build_rule(rule_config("dyneval", like=cfg.rule), names, stats):
+        assert (rule.momentum_beta, rule.delta_decay) == (0.6, 0.1)  # the dyneval one: stage 2's validation
     with pytest.raises(ConfigValueError, match=r"rule\.momentum_beta=1\.0 is out of range"):
         check_rule_config(compose_config(["rule=dyneval", "rule.momentum_beta=1.0"]).rule)

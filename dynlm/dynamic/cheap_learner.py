@@ -64,8 +64,8 @@ class ContextRule(DynEvalRule):
     """Krause's rule whose step size and decay a tiny linear model scales per (tensor, stream), from context.
     The step is dynamic evaluation's (`DynEvalRule.krause_update`, factored gradients included) with the scales."""
 
-    def __init__(self, names, stats, *, eta: float, lam: float, eps: float, momentum_beta: float):
-        super().__init__(names, stats, eta=eta, lam=lam, eps=eps, momentum_beta=momentum_beta)
+    def __init__(self, names, stats, *, eta: float, lam: float, eps: float, momentum_beta: float, delta_decay: float):
+        super().__init__(names, stats, eta=eta, lam=lam, eps=eps, momentum_beta=momentum_beta, delta_decay=delta_decay)
         n = len(self.names)
         # [2, tensors, features]: row 0 the log step scale, row 1 the log decay scale; zero = dynamic evaluation
         self.weight = nn.Parameter(torch.zeros(2, n, NUM_FEATURES))
@@ -95,14 +95,14 @@ class ContextRule(DynEvalRule):
         log_s = logits.clamp(-MAX_LOG_SCALE, MAX_LOG_SCALE)
         return torch.stack([log_s[0], torch.minimum(log_s[1], self.log_decay_cap)]).exp()
 
-    def forward(self, fast, grads, theta0, seg_loss, learner_state) -> RuleOutput:
+    def forward(self, fast, grads, theta0, seg_loss, learner_state, inputs=None) -> RuleOutput:
         context = learner_state.get(CONTEXT)
         if context is None:
             context = self.init_learner_state(fast)[CONTEXT]
         shared, new_context = context_features(seg_loss.to(context.dtype), context)
         grad_feats = grad_norm_features([grads[n] for n in self.names], self.grad_log_scale)
         s = self.scales(shared, grad_feats)
-        new, state = self.update_all(fast, grads, theta0, learner_state, s_decay=s[1], s_step=s[0])
+        new, state = self.update_all(fast, grads, theta0, learner_state, s_decay=s[1], s_step=s[0], inputs=inputs)
         diag = {"scale/step": s[0].detach().mean(), "scale/decay": s[1].detach().mean()}
         return new, {**state, CONTEXT: new_context.detach()}, diag
 

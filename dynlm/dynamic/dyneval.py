@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..kernels.factored_gradient import FactoredGradient, FactoredStep
 from ..kernels.krause_dense import krause_dense_step
-from ..maths.directions import momentum_direction, momentum_step
+from ..maths.directions import delta_forget_factors, momentum_direction, momentum_step
 from ..maths.krause import krause_flush, krause_gain
 from .grad_stats import GradStats
 from .registry import register_rule
@@ -35,12 +35,14 @@ class DirectionsConfig(KrauseConfig):
     rule (not of the gated one, whose own `momentum` is a learned gate); each at 0 leaves his step bit for bit."""
 
     momentum_beta: float = 0.0  # β: the step accumulates across segments, m' = β m + gain ⊙ g, θ' −= m'; 0: off
+    delta_decay: float = 0.0  # μ: a matrix forgets μ of its memory along the inputs it just read; 0: off
 
-    ranges: ClassVar[Dict[str, Tuple]] = {**KrauseConfig.ranges, "momentum_beta": (0.0, 1.0, True, False)}
+    ranges: ClassVar[Dict[str, Tuple]] = {**KrauseConfig.ranges, "momentum_beta": (0.0, 1.0, True, False),
+                                          "delta_decay": (0.0, 1.0, True, True)}
 
 
 # every direction off: Krause's rule (callers that build a rule by hand and want his)
-DIRECTIONS_OFF = {"momentum_beta": 0.0}
+DIRECTIONS_OFF = {"momentum_beta": 0.0, "delta_decay": 0.0}
 MOMENTUM = "momentum/"  # learner state: the momentum of tensor n, `[B, *shape]`, is learner[MOMENTUM + n]
 
 
@@ -62,16 +64,20 @@ class DynEvalRule(StatsRule):
     without ever forming them (`factored_step`, a `FactoredStep` this rule owns); the others take
     `krause_dense_step`.
 
-    Options (`DirectionsConfig`, off at 0): `momentum_beta` carries the step across segments in the learner state
-    (`maths/directions.py`).
+    Options (`DirectionsConfig`, off at 0; `maths/directions.py`): `momentum_beta` carries the step across
+    segments in the learner state; `delta_decay` takes from each matrix `[B, R, C]` its memory along the inputs it
+    read (a factored gradient's `u`, else the `inputs` reading hands over: `takes_inputs`). For the tied table
+    those are the decoder's inputs h_t: every row forgets along them. Its lookup, a one-hot input on the other
+    side, is not decayed: that would erase the rows of the words just read, which the step has just written.
     """
 
     takes_factored_gradients = True
 
     def __init__(self, names: Sequence[str], stats: GradStats, *, eta: float, lam: float, eps: float,
-                 momentum_beta: float):
+                 momentum_beta: float, delta_decay: float):
         super().__init__(names, stats, eta=eta, lam=lam, eps=eps)
-        self.momentum_beta = momentum_beta
+        self.momentum_beta, self.delta_decay = momentum_beta, delta_decay
+        self.takes_inputs = delta_decay > 0  # reading with a graph then records them; without, the factors carry them
         self.factored_step = FactoredStep()  # what it compiled, and whether compiling failed
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
@@ -106,23 +112,39 @@ class DynEvalRule(StatsRule):
         return momentum_step(theta, self.anchored(n, theta0), flush, m,
                              1.0 if s_decay is None else s_decay.view(view)), m
 
+    def forget_factors(self, n: str, theta: Tensor, theta0: Mapping[str, Tensor], g,
+                       inputs: Optional[Mapping[str, Tensor]]) -> Optional[Tuple[Tensor, Tensor]]:
+        """The delta-rule decay of matrix `n` as `(A, K)`, θ' −= A K (None: off, or not a matrix)."""
+        if not self.delta_decay or theta.dim() != 3:
+            return None
+        u = g.u if isinstance(g, FactoredGradient) else (inputs or {}).get(n)
+        if u is None:
+            raise RuntimeError(f"rule.delta_decay: the reading handed over no inputs of the matrix {n}")
+        return delta_forget_factors(theta, theta0[n], u.to(theta.dtype), self.delta_decay)
+
     def update_all(self, fast, grads, theta0, learner_state, s_decay: Optional[Tensor] = None,
-                   s_step: Optional[Tensor] = None) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        """Every tensor's step, `s_* [B, tensors]` the per-stream scales (None: 1): the new weights and the
-        learner state with the new momenta (when `momentum_beta` > 0)."""
+                   s_step: Optional[Tensor] = None,
+                   inputs: Optional[Mapping[str, Tensor]] = None) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        """Every tensor's step, `s_* [B, tensors]` the per-stream scales (None: 1), `inputs` what the matrices
+        multiplied where their gradients are not factored: the new weights and the learner state with the new
+        momenta (when `momentum_beta` > 0)."""
         new, state = {}, dict(learner_state)
         for k, n in enumerate(self.names):
             sd, ss = (None if s is None else s[:, k] for s in (s_decay, s_step))
+            forget = self.forget_factors(n, fast[n], theta0, grads[n], inputs)  # before a step that may write into θ
             if self.momentum_beta:
                 m = state.get(MOMENTUM + n)
                 m = torch.zeros_like(fast[n]) if m is None else m
                 new[n], state[MOMENTUM + n] = self.momentum_update(n, fast[n], theta0, grads[n], m, sd, ss)
             else:
                 new[n] = self.krause_update(n, fast[n], theta0, grads[n], sd, ss)
+            if forget is not None:  # without a graph, into the step's new tensor (or θ's memory, this reading's)
+                new[n] = (torch.baddbmm(new[n], *forget, alpha=-1.0) if torch.is_grad_enabled()
+                          else new[n].baddbmm_(*forget, alpha=-1.0))
         return new, state
 
-    def forward(self, fast, grads, theta0, seg_loss, learner_state) -> RuleOutput:
-        new, state = self.update_all(fast, grads, theta0, learner_state)
+    def forward(self, fast, grads, theta0, seg_loss, learner_state, inputs=None) -> RuleOutput:
+        new, state = self.update_all(fast, grads, theta0, learner_state, inputs=inputs)
         return new, state, {}
 
 

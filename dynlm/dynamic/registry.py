@@ -11,6 +11,8 @@ A rule is an `nn.Module` that one file defines and registers, with its config sc
         def init_learner_state(self, fast): ...         # name -> [1, ...] (shared by the streams until they differ);
                                                         # the reading state keeps one row per stream ([B, ...])
         takes_factored_gradients = False                # True: reading hands it `FactoredGradient`s where it can
+        takes_inputs = False                            # True: forward also gets `inputs=` name -> [B, L, C], what
+                                                        # each matrix multiplied, where its gradient is not factored
 
 `learned`: its parameters are φ (stage 2 trains them, a checkpoint stores its state dict, evaluation runs it as the
 method `learned`); a fixed rule is run by evaluation and stage 2's validation under its own name. The schema (a

@@ -23,8 +23,9 @@ from .fast_weights import requiring_grad
 from .reading_state import ReadingState
 
 
-def _read(model: nn.Module, fast: Mapping[str, Tensor], lm_state: LMState, x: Tensor, y: Tensor):
-    out = functional_call(model, dict(fast), (x, lm_state))
+def _read(model: nn.Module, fast: Mapping[str, Tensor], lm_state: LMState, x: Tensor, y: Tensor,
+          inputs: Optional[Dict[str, Tensor]] = None):
+    out = functional_call(model, dict(fast), (x, lm_state), {} if inputs is None else {"inputs": inputs})
     return token_nll(out.logits, y), out.state
 
 
@@ -49,6 +50,7 @@ def segment_losses(
     y: Tensor,
     use_checkpoint: bool = False,
     mask: Optional[Tensor] = None,
+    inputs: Optional[Dict[str, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor, LMState]:
     """Per-stream mean loss `[B]`, per-token NLL `[L, B]` and the new (h, c).
 
@@ -56,11 +58,12 @@ def segment_losses(
     `use_checkpoint` the segment's activations and logits are recomputed in backward instead of stored.
     `mask [L, B]` (True: a real token) averages each stream over its own tokens: streams of a batch whose
     segments are shorter are padded at the end (what follows the padding is a reset or the end of the stream).
+    `inputs`: a dict that gets what each matrix multiplied (the model's `inputs`).
     """
     if use_checkpoint:
-        nll, state = checkpoint(_read, model, fast, lm_state, x, y, use_reentrant=False)
+        nll, state = checkpoint(_read, model, fast, lm_state, x, y, inputs, use_reentrant=False)
     else:
-        nll, state = _read(model, fast, lm_state, x, y)
+        nll, state = _read(model, fast, lm_state, x, y, inputs)
     return _mean_over(nll, mask), nll, state
 
 
@@ -147,26 +150,29 @@ def adapt_segment(
         raise ValueError("gradient_sum is for a reading without a graph (keep_graph=False)")
     fast = requiring_grad(state.fast)
     shared = _shared_leaves(model, fast) if gradient_sum is not None else {}
+    inputs = None  # what each matrix multiplied, for a rule that reads it (`takes_inputs`)
     if not keep_graph and getattr(rule, "takes_factored_gradients", False):
         overwrite = set(state.owned) if reuse_weights else set()
         seg_loss, nll, lm_state, grads, shared_grads = _gradients_factored(
             model, fast, state.lm, x, y, mask, overwrite, shared)
     else:
         read_as = fast if keep_graph else {**_static_as_data(model, fast), **shared}
+        inputs = {} if getattr(rule, "takes_inputs", False) else None  # factored gradients carry them (`u`)
         with torch.enable_grad():
-            seg_loss, nll, lm_state = segment_losses(model, read_as, state.lm, x, y, use_checkpoint, mask)
+            seg_loss, nll, lm_state = segment_losses(model, read_as, state.lm, x, y, use_checkpoint, mask, inputs)
             found = torch.autograd.grad(seg_loss.sum(), list(fast.values()) + list(shared.values()),
                                         retain_graph=keep_graph, create_graph=second_order)
         grads = {n: (g if second_order else g.detach()) for n, g in zip(fast, found)}
         shared_grads = dict(zip(shared, found[len(fast):]))
     if gradient_sum is not None:
         _add_stream_sums(gradient_sum, grads, shared_grads)
+    extra = {} if inputs is None else {"inputs": {n: u.transpose(0, 1) for n, u in inputs.items()}}  # [B, L, C]
     if keep_graph:
-        new_fast, learner, diag = rule(fast, grads, theta0, seg_loss.detach(), state.learner)
+        new_fast, learner, diag = rule(fast, grads, theta0, seg_loss.detach(), state.learner, **extra)
         return seg_loss, nll, ReadingState(lm_state, new_fast, learner), diag
     with torch.no_grad():
         detached = {n: t.detach() for n, t in fast.items()}
-        new_fast, learner, diag = rule(detached, grads, theta0, seg_loss.detach(), state.learner)
+        new_fast, learner, diag = rule(detached, grads, theta0, seg_loss.detach(), state.learner, **extra)
     # the rule's outputs are new tensors (or, where allowed, the old ones' memory): this reading owns them
     new_state = ReadingState(detach_state(lm_state), new_fast, learner, frozenset(new_fast))
     return seg_loss.detach(), nll.detach(), new_state, diag

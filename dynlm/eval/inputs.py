@@ -174,7 +174,7 @@ def fixed_rule_settings(method: str, learned_rule: Optional[Dict[str, Any]], e) 
     cfg = rule_config(method, like=learned_rule)
     if method == "dyneval":
         chosen = {"eta": e.dyneval_eta, "lam": e.dyneval_lam, "eps": e.dyneval_eps,
-                  "momentum_beta": e.dyneval_momentum_beta}
+                  "momentum_beta": e.dyneval_momentum_beta, "delta_decay": e.dyneval_delta_decay}
         chosen = {k: v for k, v in chosen.items() if v is not None}
         for key, value in chosen.items():  # here, before any long work, and named as the user wrote it
             check_range(f"eval.dyneval_{key}", value, rule_spec(method).config.ranges[key])

@@ -8,7 +8,7 @@ ones. The decoder reads the embedding's own tensor: one parameter, one name (`em
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -114,13 +114,15 @@ class AWDLSTM(nn.Module):
         ]
 
     def forward(self, tokens: Tensor, state: LMState, detach_decoder_table: bool = False,
-                factors: Optional[WeightFactors] = None) -> LMOutput:
+                factors: Optional[WeightFactors] = None, inputs: Optional[Dict[str, Tensor]] = None) -> LMOutput:
         """Read `tokens [T, B]` from `state`; dropout is on in `train()` mode only.
 
         `detach_decoder_table`: the decoder reads the tied table without a path back to it, so autograd never forms
         the table's dense gradient; a caller that wants it assembles it from ∂logits, `last_dropped` and the
         gradient of `embedded` (`kernels/factored_gradient.py`). `factors`: the caller's `WeightFactors`, to which
-        the per-stream LSTM matrices it names hand their gradients as factors.
+        the per-stream LSTM matrices it names hand their gradients as factors. `inputs`: the caller's dict, which
+        gets, by parameter name, what each matrix multiplied at every step `[T, B, C]` (detached: data): a layer's
+        input (`weight_ih`), its previous output (`weight_hh`), the decoder's input (the tied table).
         """
         training = self.training
         table = self.embedding.weight
@@ -132,12 +134,18 @@ class AWDLSTM(nn.Module):
         new_state: LMState = []
         for l, layer in enumerate(self.layers):
             w_hh = drop_connect(layer.weight_hh, self.wdrop, training)
+            layer_input = x
             x, s = lstm_layer(x, state[l], layer.weight_ih, w_hh, layer.bias_ih, layer.bias_hh, factors)
+            if inputs is not None:
+                inputs[f"layers.{l}.weight_ih"] = layer_input.detach()
+                inputs[f"layers.{l}.weight_hh"] = torch.cat([state[l][0].unsqueeze(0), x[:-1]]).detach()
             new_state.append(s)
             if l < self.num_layers - 1:
                 x = locked_dropout(x, self.dropouth, training)
         raw = x
         dropped = locked_dropout(raw, self.dropout, training)
+        if inputs is not None:
+            inputs[self.TIED_TABLE] = dropped.detach()
         logits = decode(dropped, table.detach() if detach_decoder_table else table, self.decoder_bias)
         return LMOutput(logits, new_state, raw, dropped, embedded)
 
