@@ -6,13 +6,16 @@ import torch
 
 from dynamic_helpers import random_stats, read_with_resets, tiny_model, tokens
 from dynlm.config import ConfigValueError
+from dynlm.data import batchify
 from dynlm.dynamic.cheap_learner import ContextRule
 from dynlm.dynamic.dyneval import DIRECTIONS_OFF, MOMENTUM, DynEvalRule
 from dynlm.dynamic.fast_weights import select_dynamic
+from dynlm.dynamic.grad_stats import GradStats, measure_grad_stats
 from dynlm.dynamic.reading import read_stream
-from dynlm.dynamic.rules import build_rule, check_rule_config, rule_config
+from dynlm.dynamic.rules import RuleConfigError, build_rule, check_rule_config, rule_config
 from dynlm.dynamic.segment import segment_losses
 from dynlm.eval.inputs import fixed_rule_settings
+from dynlm.kernels.factored_gradient import FactoredGradient, TableGradient
 from dynlm.maths.directions import delta_forget, delta_forget_factors
 from dynlm.model import static_weights
 from eval_helpers import compose_eval
@@ -55,10 +58,12 @@ def test_every_direction_off_reads_bit_identically_to_dynamic_evaluation(name):
                            _read(model, krause, names, ids, starts, restarts))
 
 
-def _hand_reading(model, names, stats, segs, resets, momentum_beta=0.0, delta_decay=0.0):
-    """Per-segment losses and final weights of the rule's formulas written out in float64: g by autograd, then
-    m' = β m + η/(√v + ε) ⊙ g, θ' = θ + min(λ √v / decay_norm, 1) ⊙ (θ0 − θ) − m' − μ (θ − θ0) P for a matrix,
-    P = Uᵀ (U Uᵀ + εI)⁻¹ U of the inputs U it multiplied, ε = 10⁻³ · mean ‖u_t‖² (m = 0 and θ = θ0 at a reset)."""
+def _hand_reading(model, names, stats, segs, resets, momentum_beta=0.0, delta_decay=0.0, whiten=False,
+                  whiten_eps=0.1):
+    """Per-segment losses and final weights of the rule's formulas written out in float64: g by autograd (a matrix's
+    whitened: g (A / (tr A / C) + εI)⁻¹, A its input moment), then m' = β m + η/(√v + ε) ⊙ g,
+    θ' = θ + min(λ √v / decay_norm, 1) ⊙ (θ0 − θ) − m' − μ (θ − θ0) P for a matrix, P = Uᵀ (U Uᵀ + εI)⁻¹ U of the
+    inputs U it multiplied, ε = 10⁻³ · mean ‖u_t‖² (m = 0 and θ = θ0 at a reset)."""
     theta0 = static_weights(model, names)
     b = segs[0].shape[1]
     fast = {n: t.unsqueeze(0).repeat(b, *[1] * t.dim()) for n, t in theta0.items()}
@@ -81,17 +86,35 @@ def _hand_reading(model, names, stats, segs, resets, momentum_beta=0.0, delta_de
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         state = [(h.detach(), c.detach()) for h, c in state]
         for n, g in zip(names, grads):
+            if whiten and fast[n].dim() == 3:
+                a = stats.input_moments[n]
+                eye = torch.eye(a.shape[0], dtype=a.dtype)
+                g = g @ torch.linalg.inv(a * (a.shape[0] / torch.trace(a)) + whiten_eps * eye)
             m[n] = momentum_beta * m[n] + gain[n] * g
             new = fast[n] + flush[n] * (theta0[n] - fast[n]) - m[n]
             if fast[n].dim() == 3:
                 u = inputs[n].transpose(0, 1)  # [B, L, C]
                 gram = u @ u.transpose(1, 2)
                 eps = 1e-3 * gram.diagonal(dim1=1, dim2=2).mean(-1)
-                p = u.transpose(1, 2) @ torch.linalg.inv(gram + eps[:, None, None] * torch.eye(u.shape[1])) @ u
+                eye = torch.eye(u.shape[1], dtype=u.dtype)
+                p = u.transpose(1, 2) @ torch.linalg.inv(gram + eps[:, None, None] * eye) @ u
                 new = new - delta_decay * (fast[n] - theta0[n]) @ p
             fast[n] = new
         losses.append(loss.detach())
     return torch.stack(losses), fast, m
+
+
+def _random_moments(model, names):
+    """Input moments of every matrix, far from the identity: a few directions dominate."""
+    g = torch.Generator().manual_seed(8)
+    params = dict(model.named_parameters())
+    out = {}
+    for n in names:
+        if params[n].dim() == 2:
+            c = params[n].shape[1]
+            a = torch.randn(c, c, generator=g, dtype=torch.float64) * torch.logspace(0, -2, c, dtype=torch.float64)
+            out[n] = a @ a.t()
+    return out
 
 
 def _resets(b):
@@ -101,13 +124,14 @@ def _resets(b):
 
 @pytest.mark.parametrize("keep_graph", [False, True])  # evaluation's factored reading; stage 2's graph
 @pytest.mark.parametrize("name", ["dyneval", "cheap"])
-@pytest.mark.parametrize("options", [{"momentum_beta": 0.7}, {"delta_decay": 0.6},
-                                     {"momentum_beta": 0.5, "delta_decay": 0.3}])
+@pytest.mark.parametrize("options", [{"momentum_beta": 0.7}, {"delta_decay": 0.6}, {"whiten": True, "whiten_eps": 0.3},
+                                     {"momentum_beta": 0.5, "delta_decay": 0.3, "whiten": True}])
 def test_each_direction_changes_the_reading_as_its_formula_says(options, name, keep_graph):
     """The momentum carries the step across segments and restarts with the article; the delta-rule decay forgets
     along the inputs just read: without a graph those are the factored gradients' u, with one (stage 2) what the
     model recorded."""
     model, names, stats = _model(torch.float64)
+    stats.input_moments = _random_moments(model, names)
     cls = DynEvalRule if name == "dyneval" else ContextRule
     rule = cls(names, stats, **KRAUSE, **{**DIRECTIONS_OFF, **options}).double()
     assert rule.takes_inputs == ("delta_decay" in options)
@@ -184,17 +208,58 @@ def test_momentum_passes_the_meta_gradient_to_the_cheap_rule():
 def test_evaluation_and_stage2_set_the_directions_as_they_set_krauses_hyperparameters():
     """eval.dyneval_<key> sets dyneval's option (over where a stage-2 checkpoint's learned rule started), rule.<key>
     sets stage 2's rule and its dyneval baseline; a value out of range fails before any work, named as written."""
-    e = compose_eval(["checkpoint=x.pt", "eval.dyneval_momentum_beta=0.3", "eval.dyneval_delta_decay=0.2"]).eval
-    assert fixed_rule_settings("dyneval", None, e).momentum_beta == 0.3
-    assert fixed_rule_settings("dyneval", None, e).delta_decay == 0.2
+    e = compose_eval(["checkpoint=x.pt", "eval.dyneval_momentum_beta=0.3", "eval.dyneval_delta_decay=0.2",
+                      "eval.dyneval_whiten=true", "eval.dyneval_whiten_eps=0.05"]).eval
+    chosen = fixed_rule_settings("dyneval", None, e)
+    assert (chosen.momentum_beta, chosen.delta_decay, chosen.whiten, chosen.whiten_eps) == (0.3, 0.2, True, 0.05)
     learned = {"name": "cheap", **KRAUSE, **DIRECTIONS_OFF, "momentum_beta": 0.6}
     assert fixed_rule_settings("dyneval", learned, compose_eval(["checkpoint=x.pt"]).eval).momentum_beta == 0.6
     assert fixed_rule_settings("dyneval", learned, e).momentum_beta == 0.3
     with pytest.raises(ConfigValueError, match=r"eval\.dyneval_momentum_beta=1\.0 is out of range"):
         fixed_rule_settings("dyneval", None, compose_eval(["checkpoint=x.pt", "eval.dyneval_momentum_beta=1.0"]).eval)
-    cfg = compose_config(["stage=meta", "rule=cheap", "rule.momentum_beta=0.6", "rule.delta_decay=0.1"])
+    cfg = compose_config(["stage=meta", "rule=cheap", "rule.momentum_beta=0.6", "rule.delta_decay=0.1",
+                          "rule.whiten=true"])
     model, names, stats = _model()
+    stats.input_moments = {n: t.float() for n, t in _random_moments(model, names).items()}
     for rule in build_rule(cfg.rule, names, stats), build_rule(rule_config("dyneval", like=cfg.rule), names, stats):
-        assert (rule.momentum_beta, rule.delta_decay) == (0.6, 0.1)  # the dyneval one: stage 2's validation
+        # the dyneval one: stage 2's validation
+        assert (rule.momentum_beta, rule.delta_decay, bool(rule.whitened_names)) == (0.6, 0.1, True)
     with pytest.raises(ConfigValueError, match=r"rule\.momentum_beta=1\.0 is out of range"):
         check_rule_config(compose_config(["rule=dyneval", "rule.momentum_beta=1.0"]).rule)
+
+
+def test_whitening_reads_the_input_moments_measured_with_the_gradient_statistics():
+    """measure_grad_stats gives each matrix the mean of u uᵀ over the tokens read (the first layer's inputs are the
+    looked-up rows); they are saved and loaded with v, statistics saved before them load without, and the rule
+    then refuses to whiten, saying how to measure them."""
+    model, names, _ = _model(torch.float64)
+    ids = torch.randint(0, 23, (61,), generator=torch.Generator().manual_seed(9))
+    stats = measure_grad_stats(model, names, ids, streams=3, seg_len=4)
+    rows = batchify(ids, 3)[:-1]  # every row is read as an input but the last (a target only)
+    emb = model.embedding.weight.detach()[rows.reshape(-1)]
+    assert stats.tokens == rows.numel()
+    torch.testing.assert_close(stats.input_moments["layers.0.weight_ih"], emb.t() @ emb / rows.numel())
+    matrices = {n for n in names if dict(model.named_parameters())[n].dim() == 2}
+    assert set(stats.input_moments) == matrices
+    again = GradStats.from_state_dict(stats.state_dict())
+    assert all(torch.equal(again.input_moments[n], stats.input_moments[n]) for n in matrices)
+    assert set(stats.restricted(["layers.0.weight_ih", "layers.0.bias_ih"]).input_moments) == {"layers.0.weight_ih"}
+    old = GradStats.from_state_dict({"v": stats.state_dict()["v"], "tokens": stats.tokens})
+    assert old.input_moments == {}
+    DynEvalRule(names, old, **KRAUSE, **DIRECTIONS_OFF)  # without whitening they are not needed
+    with pytest.raises(RuleConfigError, match="rule.whiten needs the input moments"):
+        DynEvalRule(names, old, **KRAUSE, **{**DIRECTIONS_OFF, "whiten": True})
+
+
+def test_a_whitened_factored_gradient_is_the_dense_gradient_times_the_inverse():
+    g = torch.Generator().manual_seed(10)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    m = r(4, 4)
+    lstm = FactoredGradient(r(2, 12, 3), r(2, 3, 4))
+    table = TableGradient(r(3, 2, 9), r(3, 2, 4), torch.randint(0, 9, (3, 2), generator=g), r(3, 2, 4))
+    for grad in lstm, table:
+        torch.testing.assert_close(grad.times(m).dense(), grad.dense() @ m, rtol=1e-12, atol=1e-12)
+        assert type(grad.times(m)) is type(grad)

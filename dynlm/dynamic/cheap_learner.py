@@ -64,8 +64,10 @@ class ContextRule(DynEvalRule):
     """Krause's rule whose step size and decay a tiny linear model scales per (tensor, stream), from context.
     The step is dynamic evaluation's (`DynEvalRule.krause_update`, factored gradients included) with the scales."""
 
-    def __init__(self, names, stats, *, eta: float, lam: float, eps: float, momentum_beta: float, delta_decay: float):
-        super().__init__(names, stats, eta=eta, lam=lam, eps=eps, momentum_beta=momentum_beta, delta_decay=delta_decay)
+    def __init__(self, names, stats, *, eta: float, lam: float, eps: float, momentum_beta: float, delta_decay: float,
+                 whiten: bool, whiten_eps: float):
+        super().__init__(names, stats, eta=eta, lam=lam, eps=eps, momentum_beta=momentum_beta, delta_decay=delta_decay,
+                         whiten=whiten, whiten_eps=whiten_eps)
         n = len(self.names)
         # [2, tensors, features]: row 0 the log step scale, row 1 the log decay scale; zero = dynamic evaluation
         self.weight = nn.Parameter(torch.zeros(2, n, NUM_FEATURES))

@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Mapping, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from ..kernels.factored_gradient import FactoredGradient, FactoredStep
 from ..kernels.krause_dense import krause_dense_step
-from ..maths.directions import delta_forget_factors, momentum_direction, momentum_step
+from ..maths.directions import delta_forget_factors, momentum_direction, momentum_step, whiten, whitening
 from ..maths.krause import krause_flush, krause_gain
 from .grad_stats import GradStats
-from .registry import register_rule
+from .registry import RuleConfigError, register_rule
 from .rule_base import RuleOutput, StatsRule, buffer_name
 
 
@@ -36,13 +36,15 @@ class DirectionsConfig(KrauseConfig):
 
     momentum_beta: float = 0.0  # β: the step accumulates across segments, m' = β m + gain ⊙ g, θ' −= m'; 0: off
     delta_decay: float = 0.0  # μ: a matrix forgets μ of its memory along the inputs it just read; 0: off
+    whiten: bool = False  # a matrix steps along G (Â + εI)⁻¹, Â its inputs' second moment (mean eigenvalue 1)
+    whiten_eps: float = 0.1  # ε of that whitening: the most a rare input direction is stepped up is 1/ε
 
     ranges: ClassVar[Dict[str, Tuple]] = {**KrauseConfig.ranges, "momentum_beta": (0.0, 1.0, True, False),
-                                          "delta_decay": (0.0, 1.0, True, True)}
+                                          "delta_decay": (0.0, 1.0, True, True), "whiten_eps": (0.0, None, False)}
 
 
 # every direction off: Krause's rule (callers that build a rule by hand and want his)
-DIRECTIONS_OFF = {"momentum_beta": 0.0, "delta_decay": 0.0}
+DIRECTIONS_OFF = {"momentum_beta": 0.0, "delta_decay": 0.0, "whiten": False, "whiten_eps": 0.1}
 MOMENTUM = "momentum/"  # learner state: the momentum of tensor n, `[B, *shape]`, is learner[MOMENTUM + n]
 
 
@@ -69,21 +71,45 @@ class DynEvalRule(StatsRule):
     read (a factored gradient's `u`, else the `inputs` reading hands over: `takes_inputs`). For the tied table
     those are the decoder's inputs h_t: every row forgets along them. Its lookup, a one-hot input on the other
     side, is not decayed: that would erase the rows of the words just read, which the step has just written.
+    `whiten` steps each matrix along G (Â + εI)⁻¹ (`whiten_eps` ε), Â from the statistics' input moments; for the
+    tied table, those of the decoder's input, applied to its whole gradient (decoder and lookup rows alike: both
+    live in the embedding space).
     """
 
     takes_factored_gradients = True
 
     def __init__(self, names: Sequence[str], stats: GradStats, *, eta: float, lam: float, eps: float,
-                 momentum_beta: float, delta_decay: float):
+                 momentum_beta: float, delta_decay: float, whiten: bool, whiten_eps: float):
         super().__init__(names, stats, eta=eta, lam=lam, eps=eps)
         self.momentum_beta, self.delta_decay = momentum_beta, delta_decay
         self.takes_inputs = delta_decay > 0  # reading with a graph then records them; without, the factors carry them
+        self.whitened_names = self._whitening_buffers(stats, whiten_eps) if whiten else []
         self.factored_step = FactoredStep()  # what it compiled, and whether compiling failed
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
         self.register_buffer("flush__" + buffer_name(n), krause_flush(rms, self.decay_norm, self.lam),
                              persistent=False)
         self.register_buffer("gain__" + buffer_name(n), krause_gain(rms, self.eta, self.eps), persistent=False)
+
+    def _whitening_buffers(self, stats: GradStats, eps: float) -> List[str]:
+        matrices = [n for n in self.names if stats.v[n].dim() == 2]
+        missing = [n for n in matrices if n not in stats.input_moments]
+        if missing:
+            raise RuleConfigError(
+                f"rule.whiten needs the input moments of {missing}, which gradient statistics saved before whitening "
+                "lack: measure them again (delete 'grad_stats' from the stage-2 checkpoint, or evaluate its stage-1 "
+                "checkpoint), or leave whiten off")
+        for n in matrices:  # derived from the statistics, as rms: not part of φ's state dict
+            inverse = whitening(stats.input_moments[n].double(), eps).to(stats.v[n].dtype)
+            self.register_buffer("whiten__" + buffer_name(n), inverse, persistent=False)
+        return matrices
+
+    def whitened(self, n: str, g):
+        """G (Â + εI)⁻¹ of a matrix when `whiten` is on (a factored G stays factored); else G."""
+        if n not in self.whitened_names:
+            return g
+        inverse = self.get_buffer("whiten__" + buffer_name(n))
+        return g.times(inverse) if isinstance(g, FactoredGradient) else whiten(g, inverse)
 
     def init_learner_state(self, fast: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         if not self.momentum_beta:
@@ -132,12 +158,13 @@ class DynEvalRule(StatsRule):
         for k, n in enumerate(self.names):
             sd, ss = (None if s is None else s[:, k] for s in (s_decay, s_step))
             forget = self.forget_factors(n, fast[n], theta0, grads[n], inputs)  # before a step that may write into θ
+            g = self.whitened(n, grads[n])
             if self.momentum_beta:
                 m = state.get(MOMENTUM + n)
                 m = torch.zeros_like(fast[n]) if m is None else m
-                new[n], state[MOMENTUM + n] = self.momentum_update(n, fast[n], theta0, grads[n], m, sd, ss)
+                new[n], state[MOMENTUM + n] = self.momentum_update(n, fast[n], theta0, g, m, sd, ss)
             else:
-                new[n] = self.krause_update(n, fast[n], theta0, grads[n], sd, ss)
+                new[n] = self.krause_update(n, fast[n], theta0, g, sd, ss)
             if forget is not None:  # without a graph, into the step's new tensor (or θ's memory, this reading's)
                 new[n] = (torch.baddbmm(new[n], *forget, alpha=-1.0) if torch.is_grad_enabled()
                           else new[n].baddbmm_(*forget, alpha=-1.0))

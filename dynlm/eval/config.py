@@ -42,6 +42,8 @@ class EvalOptions:
     # Update directions beyond Krause's (rule.momentum_beta, ...; 0: off), as dyneval_eta above.
     dyneval_momentum_beta: Optional[float] = None  # β of the step's momentum across segments
     dyneval_delta_decay: Optional[float] = None  # μ of the decay along the inputs just read
+    dyneval_whiten: Optional[bool] = None  # input-side whitening of the matrices' steps
+    dyneval_whiten_eps: Optional[float] = None  # its ε
     # Gradient statistics for dyneval when the checkpoint has none (a stage-1 checkpoint): Krause's, measured on
     # this many train tokens in batches of this many streams (None: the checkpoint's meta.gradstat_tokens, 200,000
     # by default, and meta.gradstat_streams, 100; at least the split's size: all of it). Krause's scales:

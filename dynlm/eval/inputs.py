@@ -174,10 +174,13 @@ def fixed_rule_settings(method: str, learned_rule: Optional[Dict[str, Any]], e) 
     cfg = rule_config(method, like=learned_rule)
     if method == "dyneval":
         chosen = {"eta": e.dyneval_eta, "lam": e.dyneval_lam, "eps": e.dyneval_eps,
-                  "momentum_beta": e.dyneval_momentum_beta, "delta_decay": e.dyneval_delta_decay}
+                  "momentum_beta": e.dyneval_momentum_beta, "delta_decay": e.dyneval_delta_decay,
+                  "whiten": e.dyneval_whiten, "whiten_eps": e.dyneval_whiten_eps}
         chosen = {k: v for k, v in chosen.items() if v is not None}
+        ranges = rule_spec(method).config.ranges
         for key, value in chosen.items():  # here, before any long work, and named as the user wrote it
-            check_range(f"eval.dyneval_{key}", value, rule_spec(method).config.ranges[key])
+            if key in ranges:
+                check_range(f"eval.dyneval_{key}", value, ranges[key])
         cfg = OmegaConf.merge(cfg, chosen)
     return cfg
 

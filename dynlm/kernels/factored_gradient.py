@@ -101,6 +101,10 @@ class FactoredGradient:
         """What the step adds beyond the product's part (the table's lookup rows); `out` is θ' so far."""
         return out
 
+    def times(self, m: Tensor) -> FactoredGradient:
+        """G M for a `[C, C]` matrix M, still factored: D (U M)."""
+        return FactoredGradient(self.d, self.u @ m, self.overwrite)
+
 
 class TableGradient(FactoredGradient):
     """The tied table's gradient `[B, V, E]`: the decoder's D U plus the lookup part on the rows read."""
@@ -133,6 +137,11 @@ class TableGradient(FactoredGradient):
         same = (tokens.unsqueeze(2) == tokens.unsqueeze(1)).to(self._delta.dtype)
         lookup = (self._delta @ self._delta.transpose(1, 2) * same).sum((1, 2))
         return super()._product_norm2() + 2.0 * cross + lookup
+
+    def times(self, m: Tensor) -> TableGradient:
+        """G M, still factored: the decoder's D (H M) and the lookup rows' δ_t M."""
+        return TableGradient(self.d.permute(2, 0, 1), (self.u @ m).transpose(0, 1), self.tokens, self.d_embedded @ m,
+                             self.overwrite)
 
     def finish_step(self, out: Tensor, gain: Tensor, s_step: Tensor) -> Tensor:
         streams, rows = self.lookup_index()

@@ -18,6 +18,11 @@ orthogonal to them alone; Krause's decay acts on every coordinate at every segme
 inputs' mean squared norm keeps a segment that reads one input twice invertible (its directions then shrink a
 little less than μ). Rank L: from U alone, two products with θ (`delta_forget_factors`), never the `[C, C]`
 projection that `delta_forget` forms.
+
+Input-side whitening, for a matrix whose inputs have the second moment A = E[u uᵀ] (measured with the gradient
+statistics): the step reads G (Â + εI)⁻¹ instead of G, Â = A / (tr A / C) normalised to mean eigenvalue 1 so that
+Krause's η keeps its range. A gradient D U becomes D (U (Â + εI)⁻¹): directions the inputs seldom take are
+stepped up to 1/ε times more, the common ones less (natural-gradient style, on the input side only).
 """
 from __future__ import annotations
 
@@ -63,5 +68,16 @@ def delta_forget_factors(theta: Tensor, theta0: Tensor, u: Tensor, mu: float) ->
     return mu * (theta @ ut - theta0 @ ut), ridged_inputs(u)
 
 
+def whitening(moment: Tensor, eps: float) -> Tensor:
+    """(Â + εI)⁻¹ `[C, C]`, Â = `moment` / its mean eigenvalue (tr / C)."""
+    normalised = moment * (moment.shape[0] / moment.diagonal().sum())
+    return torch.linalg.inv(normalised + eps * torch.eye(moment.shape[0], dtype=moment.dtype, device=moment.device))
+
+
+def whiten(g: Tensor, inverse: Tensor) -> Tensor:
+    """G (Â + εI)⁻¹ for a dense per-stream gradient `[B, R, C]` (a factored one: `FactoredGradient.times`)."""
+    return g @ inverse
+
+
 __all__ = ["DELTA_RIDGE", "delta_forget", "delta_forget_factors", "momentum_direction", "momentum_step",
-           "ridged_inputs"]
+           "ridged_inputs", "whiten", "whitening"]

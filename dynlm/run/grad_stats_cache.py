@@ -21,7 +21,8 @@ from ..cache import cache_root, write_atomic
 from ..dynamic.grad_stats import GradStats
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # bump when measure_grad_stats changes what it returns (2: Krause's batch-mean gradients)
+CACHE_VERSION = 3  # bump when measure_grad_stats changes what it returns (2: Krause's batch-mean gradients,
+# 3: the matrices' input moments)
 
 
 def cache_path(cache_dir: Optional[str], ckpt_sha256: str, split_sha256: str, names: Sequence[str],
