@@ -14,12 +14,15 @@ from dynlm.dynamic.grad_stats import GradStats, measure_grad_stats
 from dynlm.dynamic.reading import read_stream
 from dynlm.dynamic.rules import RuleConfigError, build_rule, check_rule_config, rule_config
 from dynlm.dynamic.segment import segment_losses
+from dynlm.eval.evaluate import evaluate
 from dynlm.eval.inputs import fixed_rule_settings
 from dynlm.kernels.factored_gradient import FactoredGradient, TableGradient
 from dynlm.maths.directions import delta_forget, delta_forget_factors
 from dynlm.model import static_weights
+from dynlm.run.checkpoint import load_checkpoint
+from dynlm.train import train
 from eval_helpers import compose_eval
-from hydra_helpers import compose_config
+from hydra_helpers import compose_config, meta_overrides, records
 
 KRAUSE = dict(eta=0.05, lam=0.02, eps=1e-3)
 
@@ -263,3 +266,36 @@ def test_a_whitened_factored_gradient_is_the_dense_gradient_times_the_inverse():
     for grad in lstm, table:
         torch.testing.assert_close(grad.times(m).dense(), grad.dense() @ m, rtol=1e-12, atol=1e-12)
         assert type(grad.times(m)) is type(grad)
+
+
+@pytest.mark.slow
+def test_stage2_and_evaluation_read_with_every_direction(lm_checkpoint, tmp_path):
+    """rule=cheap with every direction trains in stage 2 (its validation's dyneval with them too) and is saved with
+    its input moments and momenta; evaluate.py runs it, its dyneval baseline from where it started, and dyneval on
+    the stage-1 checkpoint with the eval.dyneval_* keys (moments measured there)."""
+    data, ckpt = lm_checkpoint
+    options = {"rule.momentum_beta": 0.5, "rule.delta_decay": 0.2, "rule.whiten": "true"}
+    sizes = {"rule": "cheap", "meta.batch_size": 2, "meta.seg_len": 4, "meta.window": 2, "meta.gradstat_tokens": 300,
+             "meta.valid_max_tokens": 100, "trainer.max_steps": 2, "trainer.eval_interval": 2}
+    train(compose_config(meta_overrides(data, ckpt, **sizes, **options)), tmp_path / "meta")
+    last = load_checkpoint(tmp_path / "meta" / "checkpoints" / "last.pt")
+    names = last["dynamic_names"]
+    matrices = {n for n in names if last["grad_stats"]["v"][n].dim() == 2}
+    assert matrices and set(last["grad_stats"]["input_moments"]) == matrices
+    assert {MOMENTUM + n for n in names} <= set(last["reading_state"]["learner"])
+    validated = [r["valid/dyneval/loss"] for r in records(tmp_path / "meta") if "valid/dyneval/loss" in r]
+    assert validated and all(0 < loss < 20 for loss in validated)
+
+    common = ["split=valid", "eval.max_articles=1", "eval.progress_bar=false", f"data.cache_dir={tmp_path / 'cache'}"]
+    results = evaluate(compose_eval([f"checkpoint={tmp_path / 'meta' / 'checkpoints' / 'last.pt'}", *common]),
+                       tmp_path / "eval")
+    assert (results["dyneval"]["momentum_beta"], results["dyneval"]["delta_decay"], results["dyneval"]["whiten"]) == (
+        0.5, 0.2, True)
+    assert all(results["methods"][m]["ppl"] > 0 for m in ("static", "dyneval", "learned"))
+
+    stage1 = [f"checkpoint={ckpt}", f"data.dir={data}", "methods=[static,dyneval]", "eval.gradstat_tokens=300", *common]
+    plain = evaluate(compose_eval(stage1), tmp_path / "plain")
+    moved = evaluate(compose_eval([*stage1, "eval.dyneval_momentum_beta=0.5", "eval.dyneval_delta_decay=0.2",
+                                   "eval.dyneval_whiten=true"]), tmp_path / "moved")
+    assert moved["dyneval"]["whiten"] and moved["methods"]["dyneval"]["ppl"] > 0
+    assert moved["methods"]["dyneval"]["nll"] != plain["methods"]["dyneval"]["nll"]
