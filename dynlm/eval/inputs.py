@@ -170,7 +170,8 @@ def dynamic_names(model, ckpt: Dict[str, Any], patterns: Optional[List[str]], pa
 
 def fixed_rule_settings(method: str, learned_rule: Optional[Dict[str, Any]], e) -> DictConfig:
     """A fixed rule's config: its defaults (a stage-1 checkpoint), or where the checkpoint's learned rule started
-    (the keys the two share: η, λ, ε); for dyneval, the `eval.dyneval_*` set replace them."""
+    (the keys the two share: η, λ, ε, and the update directions of rule=cheap); for dyneval, the `eval.dyneval_*`
+    set replace them."""
     cfg = rule_config(method, like=learned_rule)
     if method == "dyneval":
         chosen = {"eta": e.dyneval_eta, "lam": e.dyneval_lam, "eps": e.dyneval_eps,
