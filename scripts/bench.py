@@ -544,6 +544,7 @@ def fig_joint_train(s: Sizes, device, quick: bool) -> dict:
     times = interleaved({**fns, "stage1": stage1}, s.reps, s.warmup, device)
     n = K * L * B
     ratios = {arm: paired_ratio(times, arm, "stage1") for arm in JOINT_ARMS}
+    print(f"joint_train per token / stage 1: {ratios}; measuring memory ...", file=sys.stderr, flush=True)
     timed.clear()  # their reading states are not part of the peaks below
     gc.collect()
     if device.type == "cpu":
@@ -769,7 +770,8 @@ def window_peaks(make: Callable[[int], MetaWindows], ks: Sequence[int], label: s
                  warm: bool = False) -> Tuple[Dict[str, float], List[str], str]:
     """Peak memory in MB of one window of `make(K)` for each K of `ks` (increasing), keyed `K{K}_{label}_mb`; the
     keys extrapolated instead of run; the measuring method. On CPU a K whose peak, extrapolated linearly in K from
-    the two previous ones, would take more than 40% of the available memory is not run (the machine is shared).
+    the two previous ones (from the one previous one and zero at K = 0), would take more than 40% of the available
+    memory is not run (the machine is shared).
     `warm`: one window is read before the measured one, so that what the optimiser allocates at its first step
     (Adam's moments, as large as θ0 when θ0 trains) is not counted as the window's."""
     peaks: Dict[str, float] = {}
@@ -778,8 +780,9 @@ def window_peaks(make: Callable[[int], MetaWindows], ks: Sequence[int], label: s
     method = ""
     for k in ks:
         key = f"K{k}_{label}_mb"
-        if len(done) >= 2 and device.type == "cpu":
-            (k1, p1), (k2, p2) = done[-2:]
+        if done and device.type == "cpu":
+            # linear in K through the two previous peaks, or (one so far) through the origin: an upper bound
+            (k1, p1), (k2, p2) = done[-2:] if len(done) >= 2 else ((0, 0.0), done[0])
             guess = p2 + (p2 - p1) / (k2 - k1) * (k - k2)
             if guess * 2**20 > 0.4 * _available_bytes():
                 peaks[key] = guess
