@@ -92,3 +92,25 @@ def test_estimator_choices_that_cannot_train_what_is_asked_are_refused(over, rul
 def test_first_order_with_a_fixed_rule_is_accepted():
     check_estimator(meta(estimator="first_order", train_static=True), "dyneval", False)
     check_estimator(meta(train_static=True, second_order=True), "dyneval", False)  # bptt: θ0 through dyneval
+
+
+@pytest.mark.parametrize("estimator", ["first_order", "es"])
+def test_reading_without_a_graph_keeps_no_segments_weights_alive(estimator):
+    """Reading in train mode (dropout on) on the factored path, each segment's per-stream weights are freed once the
+    next segment is read: a node of the LSTM recurrence holding the caller's `WeightFactors` kept every segment's
+    graph alive (a cycle the garbage collector cannot see), and a long run ran out of memory."""
+    import gc
+
+    model = tiny_model(torch.float32, dropout=True)
+    rule = "dyneval" if estimator == "first_order" else "cheap"
+    ml = tiny_meta_learning(model=model, dynamic=["*"], rule=rule, window=6, seg_len=L, batch_size=B,
+                            train_static=estimator == "first_order", estimator=estimator)
+    streams = RandomStreams(seg_len=L, batch=B)
+    state, _ = fresh_window_state(ml, B)
+    window, _ = ml.estimator.estimate(ml, lambda with_static: read_window(ml, streams, 1, state, None,
+                                                                           ml.estimator.reading), seed=0)
+    gc.collect()
+    table = model.embedding.weight
+    alive = [o for o in gc.get_objects()
+             if torch.is_tensor(o) and o.dim() == 3 and tuple(o.shape[1:]) == tuple(table.shape)]
+    assert len(alive) <= 2, len(alive)  # the window's last weights (and the state it carries on)

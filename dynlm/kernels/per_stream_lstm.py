@@ -212,6 +212,7 @@ class PerStreamLSTM(torch.autograd.Function):
             d_x = (torch.bmm(dgates, w_ih) if w_ih.dim() == 3 else torch.matmul(dgates, w_ih)).transpose(0, 1)
         if ctx.factored is not None:  # hand the factors over instead of forming dW = dgates^T [x | h_prev]
             factors, (name_ih, name_hh) = ctx.factored
+            ctx.factored = None  # the node no longer holds the caller's WeightFactors (and the weights it names)
             d = dg_t.contiguous()
             if name_ih is not None:
                 factors.add(name_ih, d, x.transpose(0, 1).contiguous())
