@@ -42,7 +42,8 @@ def test_static_and_dyneval_reading_match_the_cpu(adaptive):
     losses = []
     for device in ("cpu", CUDA):
         m = tiny_model(torch.float64).to(device).eval()
-        rule = DynEvalRule(names, stats, eta=1e-2, lam=1e-3, eps=1e-5, **DIRECTIONS_OFF).to(device) if adaptive else None
+        rule = (DynEvalRule(names, stats, eta=1e-2, lam=1e-3, eps=1e-5, **DIRECTIONS_OFF).to(device)
+                if adaptive else None)
         losses.append(read_stream(m, ids, 0, 5, rule=rule, names=names if adaptive else (), restarts=[30]))
     torch.testing.assert_close(losses[1].cpu(), losses[0], **TOL)
 
