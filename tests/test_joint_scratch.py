@@ -21,7 +21,7 @@ from dynlm.dynamic.rules import build_rule, rule_config
 from dynlm.model import build_model
 from dynlm.run.checkpoint import load_checkpoint
 from dynlm.train import train
-from dynlm.train.gradstat_refresh import check_refreshable, refresh_grad_stats
+from dynlm.train.gradstat_refresh import refresh_grad_stats, refresh_interval
 from dynlm.train.meta_start import check_start
 from hydra_helpers import SCRATCH_JOINT, compose_config, meta_overrides, straight_and_resumed
 
@@ -120,10 +120,11 @@ def test_a_refresh_is_refused_for_a_rule_that_cannot_take_new_statistics():
     class Plain(torch.nn.Module):
         pass
 
-    check_refreshable(meta(gradstat_refresh=5), "dyneval", build_rule(rule_config("dyneval"), ["w"], _unit_stats()))
+    joint = meta(gradstat_refresh=5, train_static=True)
+    assert refresh_interval(joint, "dyneval", build_rule(rule_config("dyneval"), ["w"], _unit_stats())) == 5
     with pytest.raises(ConfigValueError, match="rule=toy cannot take new gradient statistics"):
-        check_refreshable(meta(gradstat_refresh=5), "toy", Plain())
-    check_refreshable(meta(), "toy", Plain())
+        refresh_interval(joint, "toy", Plain())
+    assert refresh_interval(meta(train_static=True), "toy", Plain()) is None
 
 
 def _unit_stats():

@@ -6,6 +6,8 @@ resume and an evaluation read.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from omegaconf import DictConfig
 from torch import nn
 
@@ -15,11 +17,15 @@ from ..run.from_checkpoint import measure_grad_stats_now
 from .meta_learning import MetaLearning
 
 
-def check_refreshable(mc: DictConfig, rule: str, learner: nn.Module) -> None:
-    """`meta.gradstat_refresh` needs a rule that can take new statistics (`use_stats`): a registered rule need not."""
-    if mc.gradstat_refresh and not callable(getattr(learner, "use_stats", None)):
-        raise ConfigValueError(f"meta.gradstat_refresh={mc.gradstat_refresh}: rule={rule} cannot take new gradient "
-                               "statistics (it has no use_stats method): leave meta.gradstat_refresh unset")
+def refresh_interval(mc: DictConfig, rule: str, learner: nn.Module) -> Optional[int]:
+    """Every how many steps the statistics are measured again (`meta.gradstat_refresh`; None: never). Only while θ0
+    trains (set without `meta.train_static`, `config.ONLY_WITH` refuses it), and only for a rule that can take new
+    statistics (`use_stats`): a registered rule need not."""
+    refresh = mc.gradstat_refresh if mc.train_static else None
+    if refresh and not callable(getattr(learner, "use_stats", None)):
+        raise ConfigValueError(f"meta.gradstat_refresh={refresh}: rule={rule} cannot take new gradient statistics (it "
+                               "has no use_stats method): leave meta.gradstat_refresh unset")
+    return refresh
 
 
 def refresh_grad_stats(ml: MetaLearning, train: Split, step: int) -> None:
@@ -32,4 +38,4 @@ def refresh_grad_stats(ml: MetaLearning, train: Split, step: int) -> None:
     ml.learner.use_stats(ml.stats)
 
 
-__all__ = ["check_refreshable", "refresh_grad_stats"]
+__all__ = ["refresh_grad_stats", "refresh_interval"]

@@ -48,11 +48,12 @@ def check_start(mc: DictConfig) -> None:
     if mc.lm_checkpoint is None and mc.ewc:
         raise ConfigValueError(f"meta.ewc={mc.ewc} pulls θ0 toward the stage-1 weights, and a run from scratch "
                                "(meta.lm_checkpoint=null) has none: remove meta.ewc, or pass meta.lm_checkpoint")
-    if mc.gradstat_refresh and mc.ewc:
+    refresh = mc.gradstat_refresh if mc.train_static else None  # set without it, config.ONLY_WITH refuses it
+    if refresh and mc.ewc:
         raise ConfigValueError(f"meta.ewc={mc.ewc} weighs θ0's distance from the stage-1 weights by their gradient "
                                "statistics, which meta.gradstat_refresh replaces by those of the current θ0: use one "
                                "of the two")
-    if mc.gradstat_refresh_tokens is not None and mc.gradstat_refresh is None:
+    if mc.gradstat_refresh_tokens is not None and refresh is None:
         raise ConfigValueError(f"meta.gradstat_refresh_tokens={mc.gradstat_refresh_tokens} has no effect without "
                                "meta.gradstat_refresh: remove it, or set meta.gradstat_refresh=<steps>")
 

@@ -28,7 +28,7 @@ from ..run.logger import RunLogger
 from ..run.progress import Progress
 from ..run.scaffold import DivergedError, run
 from .estimators import ESTIMATORS, build_estimator
-from .gradstat_refresh import check_refreshable, refresh_grad_stats
+from .gradstat_refresh import refresh_grad_stats, refresh_interval
 from .meta_learning import MetaLearning
 from .meta_start import meta_split, meta_start
 from .meta_validation import quick_adaptive_valid
@@ -118,7 +118,7 @@ class MetaTask:
         self.streams = MetaStreams(self.corpus.splits[mc.split], mc.batch_size, mc.seg_len, dist.rank(),
                                    dist.world_size())
         self.ml = build_meta_learning(mc, self.cfg.rule, start.model, start.names, start.stats)
-        check_refreshable(mc, self.cfg.rule.name, self.ml.learner)
+        self.refresh = refresh_interval(mc, self.cfg.rule.name, self.ml.learner)
         self.state, self.static_lm = fresh_window_state(self.ml, self.streams.num_local_streams)
         if resumed is not None:
             self._restore(resumed, path)
@@ -148,8 +148,7 @@ class MetaTask:
             self.state = self.on_window(self.state, progress.step)
         self.state, self.static_lm, report = next_window(self.ml, self.streams, progress.position, self.state,
                                                          self.static_lm, int(self.cfg.trainer.seed))
-        refresh = self.ml.meta.gradstat_refresh
-        if refresh and (progress.step + 1) % refresh == 0:  # before this step's checkpoint, which stores them
+        if self.refresh and (progress.step + 1) % self.refresh == 0:  # before this step's checkpoint, which stores them
             refresh_grad_stats(self.ml, self.corpus.splits["train"], progress.step + 1)
         if report.skipped:
             dist.print0(f"step {progress.step}: non-finite meta-gradient or weights; update skipped, "
