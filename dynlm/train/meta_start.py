@@ -36,7 +36,6 @@ class MetaStart:
     model: AWDLSTM  # θ0
     names: List[str]  # the dynamic parameters
     stats: GradStats  # of θ0, for `names`
-    lm_ckpt: Optional[Dict[str, Any]]  # the checkpoint it starts from (the resumed one on resume); None from scratch
 
 
 def check_start(mc: DictConfig) -> None:
@@ -106,7 +105,7 @@ def from_checkpoint(cfg: DictConfig, device: torch.device, resumed: Optional[Dic
     stats, _ = grad_stats_for(model, names, lm_ckpt, lm_path, corpus.splits["train"], corpus.checksums["train"],
                               mc.gradstat_tokens, mc.gradstat_streams, mc.seg_len, cfg.data.cache_dir,
                               progress_bar=cfg.trainer.progress_bar)
-    return MetaStart(cfg, corpus, model, names, stats, lm_ckpt)
+    return MetaStart(cfg, corpus, model, names, stats)
 
 
 def from_scratch(cfg: DictConfig, device: torch.device) -> MetaStart:
@@ -122,7 +121,7 @@ def from_scratch(cfg: DictConfig, device: torch.device) -> MetaStart:
     stats = measure_grad_stats_now(model, names, corpus.splits["train"], mc.gradstat_tokens, mc.gradstat_streams,
                                    mc.seg_len, "stage 2 from scratch (meta.lm_checkpoint=null): a fresh θ0 has no "
                                    "gradient statistics", cfg.trainer.progress_bar)
-    return MetaStart(cfg, corpus, model, names, stats, None)
+    return MetaStart(cfg, corpus, model, names, stats)
 
 
 def meta_start(cfg: DictConfig, device: torch.device, resumed: Optional[Dict[str, Any]],
