@@ -106,7 +106,9 @@ class LoggerConfig:
 class MetaConfig:
     """Stage 2 (`stage=meta`): training the learned update rule chosen by `rule=...` (its keys are `rule.*`)."""
 
-    lm_checkpoint: Optional[str] = None  # stage-1 checkpoint to start from (required for stage=meta)
+    # Stage-1 checkpoint to start from; null: θ0 built fresh from `model` (joint training from scratch, which needs
+    # train_static=true)
+    lm_checkpoint: Optional[str] = None
     # Which parameters are dynamic (medium-term memory): fnmatch patterns over named_parameters().
     dynamic: List[str] = field(default_factory=lambda: ["layers.*"])
     seg_len: int = 5  # L: tokens per segment (one update per segment)
@@ -130,6 +132,10 @@ class MetaConfig:
     # it, as Krause; about an hour for WikiText-2 on one CPU core, hence 200k until measured to matter).
     gradstat_tokens: Optional[int] = 200000
     gradstat_streams: int = 100  # streams (batch size) of that measurement
+    # While θ0 trains (train_static): measure them again on the current θ0 every this many steps, so that they follow
+    # it (from scratch, the first measurement is of a random model); null: never
+    gradstat_refresh: Optional[int] = None
+    gradstat_refresh_tokens: Optional[int] = None  # train tokens of each re-measurement (null: gradstat_tokens)
     # Articles stage 2 reads: train | heldout (kept out of stage 1); null: heldout if there are any, else train.
     split: Optional[str] = None
     valid_articles: int = 2  # quick adaptive validation (first N valid articles) at every eval
@@ -169,6 +175,7 @@ RANGES = {
     "meta.learner_lr": (0.0, None, False), "meta.clip": (0.0, None, False), "meta.static_lr": (0.0, None, False),
     "meta.ewc": (0.0, None, True), "meta.seg_len": (1, None, True), "meta.window": (1, None, True),
     "meta.batch_size": (1, None, True), "meta.gradstat_streams": (1, None, True),
+    "meta.gradstat_refresh": (1, None, True), "meta.gradstat_refresh_tokens": (1, None, True),
     "meta.max_skipped_windows": (1, None, True), "meta.es_sigma": (0.0, None, False), "meta.es_pairs": (1, None, True),
     "data.batch_size": (1, None, True), "data.bptt": (1, None, True),
     "trainer.valid_max_tokens": (2, None, True), "data.meta_holdout_articles": (0, None, True),
@@ -204,6 +211,7 @@ def renamed_message(key: str, value: str) -> str | None:
 ONLY_WITH = {
     "meta.es_sigma": ("estimator", "es"), "meta.es_pairs": ("estimator", "es"),
     "meta.static_lr": ("train_static", True), "meta.ewc": ("train_static", True),
+    "meta.gradstat_refresh": ("train_static", True),  # the statistics change only when θ0 does
     # ES reads its windows without a graph: there are no activations to recompute
     "meta.checkpoint_segments": ("estimator", "bptt"),
 }

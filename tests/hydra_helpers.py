@@ -85,6 +85,16 @@ JOINT_CASES = {
 }
 
 
+# Joint training from scratch (`meta_overrides(data, None, **SCRATCH_JOINT)`): a fresh tiny θ0 trained with dyneval's
+# first-order gradient, every parameter adapting, the statistics measured again every 3 steps on 200 tokens, one
+# article held out; 6 steps with checkpoints at 2, 4 and 6 (refreshes at 3 and 6)
+SCRATCH_JOINT = {"meta.lm_checkpoint": None, "model": "tiny", "rule": "dyneval", "meta.estimator": "first_order",
+                 "meta.train_static": "true", "meta.dynamic": "[*]", "meta.learner_lr": None, "meta.static_lr": 0.01,
+                 "meta.gradstat_tokens": 400, "meta.gradstat_refresh": 3, "meta.gradstat_refresh_tokens": 200,
+                 "meta.batch_size": 2, "meta.seg_len": 4, "meta.window": 2, "meta.valid_max_tokens": 200,
+                 "data.meta_holdout_articles": 1, "trainer.max_steps": 6, "trainer.eval_interval": 2}
+
+
 def straight_and_resumed(overrides: Sequence[str], root, stop_after: int = 4):
     """Train `overrides` straight through into root/full, and stopped after `stop_after` steps then resumed into
     root/split; returns the two last checkpoints (for tests of exact resume)."""

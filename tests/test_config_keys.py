@@ -48,6 +48,7 @@ LABELS = {"data.name", "model.name"}  # name the run in its config.yaml and on w
 # runs beside the group options, so that every condition above is met by one (but data.dir=null: a download)
 VARIANTS = [["data.tokenizer=sentencepiece", "data.vocab_size=500"], ["stage=meta", "meta.estimator=es"],
             ["stage=meta", "meta.train_static=true", "meta.ewc=1.0"],
+            ["stage=meta", "meta.train_static=true", "meta.gradstat_refresh=1"],
             ["stage=meta", "rule=gated", "rule.momentum=true"]]
 REFUSED = DynlmError  # a choice the run refuses (stage=meta meta=dyneval: nothing to train) is not ignored either
 

@@ -21,7 +21,7 @@ from dynlm.run.checkpoint import load_checkpoint
 from dynlm.run.setup import mark_owner, resume_path
 from dynlm.train import train
 from dynlm.train.estimators import ESTIMATORS
-from hydra_helpers import JOINT_CASES, compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
+from hydra_helpers import JOINT_CASES, SCRATCH_JOINT, compose_config, meta_overrides, tiny_lm_overrides, train_tiny_lm
 
 REPO = Path(__file__).resolve().parents[1]
 NO_DROPOUT = {f"model.{k}": 0 for k in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")}
@@ -222,6 +222,21 @@ def test_stage2_two_ranks_match_one_rank_and_meta_gradients_are_all_reduced(toy_
     assert b4["progress"]["step"] == 4
     for key in ("meta_learner", "reading_state", "model", "meta_optimizer"):
         _assert_close_tree(a4[key], b4[key], key)
+
+
+@pytest.mark.slow
+def test_stage2_from_scratch_on_two_ranks_matches_one_rank(toy_data_dir, tmp_path):
+    """Joint training from scratch: every rank builds the same θ0 and measures the same statistics, at the start and
+    at every refresh (steps 3 and 6)."""
+    over = meta_overrides(toy_data_dir, None, **{**SCRATCH_JOINT, **NO_DROPOUT, "meta.batch_size": 4})
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(compose_config(over), one)
+    spawn(2, [("train", over, str(two))])
+    a, b = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (one, two))
+    assert a["progress"]["step"] == b["progress"]["step"] == 6
+    assert torch.equal(a["anchor"]["embedding.weight"], b["anchor"]["embedding.weight"])  # the same fresh θ0
+    for key in ("model", "grad_stats", "reading_state", "static_lm", "meta_optimizer"):
+        _assert_close_tree(a[key], b[key], key)
 
 
 @pytest.mark.slow

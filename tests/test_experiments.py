@@ -41,6 +41,17 @@ def test_the_stage_1_experiment_is_the_readme_command():
     assert compose_config(["+experiment=small_adam_lm"]) == compose_config(readme)
 
 
+def test_the_joint_experiment_is_the_joint_recipe():
+    """Issue #25's joint training: θ0 with dyneval in the loop, on the train text small_adam_lm read, for 2 hours."""
+    recipe = ["stage=meta", "model=small", "rule=dyneval", "rule.eta=7e-5", "rule.lam=0.001",
+              "meta.estimator=first_order", "meta.train_static=true", "meta.dynamic=[*]", "meta.split=train",
+              "meta.batch_size=10", "meta.seg_len=5", "meta.window=14", "meta.static_lr=3e-4", "meta.clip=0.25",
+              "meta.valid_articles=2", "meta.valid_max_tokens=4000", "trainer.eval_interval=200",
+              "data.meta_holdout_articles=60", "trainer.max_epochs=null", "trainer.max_time=7200"]
+    assert compose_config(["+experiment=small_joint"]) == compose_config(recipe)
+    assert compose_config(["+experiment=small_joint"]).meta.lm_checkpoint is None  # from scratch unless given
+
+
 def test_the_stage_1_experiment_is_the_recorded_run():
     """The config the Results' stage-1 checkpoint saved (an evaluation's results.json copies it), but for what the
     command line gave (data folder, device, progress bar): a recipe that stopped earlier, e.g. after the default
@@ -63,8 +74,15 @@ def test_the_learned_row_experiment_is_the_recorded_run():
     given = [f"meta.lm_checkpoint={saved['meta']['lm_checkpoint']}", "trainer.device=cpu",
              "trainer.progress_bar=false", "meta.split=heldout"]
     cfg = OmegaConf.to_container(compose_config(["+experiment=small_cheap_es"] + given))
+    # keys added since (the update directions, the statistics' refresh) are at their defaults: the run as it was
+    defaults = OmegaConf.to_container(compose_config(["rule=cheap"]))
     for section in ("stage", "rule", "meta", "trainer", "optim", "logger"):
-        assert cfg[section] == saved[section], section
+        if not isinstance(saved[section], dict):
+            assert cfg[section] == saved[section], section
+            continue
+        added = {k: v for k, v in cfg[section].items() if k not in saved[section]}
+        assert added == {k: defaults[section][k] for k in added}, section
+        assert {k: v for k, v in cfg[section].items() if k in saved[section]} == saved[section], section
 
 
 def _train_commands(script: str):

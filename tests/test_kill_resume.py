@@ -14,7 +14,7 @@ import torch
 
 from conftest import write_slice
 from dynlm.run.checkpoint import load_checkpoint
-from hydra_helpers import JOINT_CASES, meta_overrides, tiny_lm_overrides
+from hydra_helpers import JOINT_CASES, SCRATCH_JOINT, meta_overrides, tiny_lm_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = str(Path(__file__).with_name("kill_wrapper.py"))
@@ -123,3 +123,16 @@ def test_stage2_killed_three_times_ends_bit_identical(wikitext2_dir, tmp_path, c
     groups = last["meta_optimizer"]["param_groups"]
     assert [len(g["params"]) for g in groups[1:]] == ([len(theta0)] if trained else [])
     assert set(last["meta_optimizer"]["state"]) == {i for g in groups for i in g["params"]}
+
+
+@pytest.mark.slow
+def test_stage2_from_scratch_killed_across_refreshes_ends_bit_identical(wikitext2_dir, tmp_path):
+    """Joint training from scratch with the gradient statistics measured again at steps 3 and 6 (checkpoints at 2,
+    4, 6): killed before any checkpoint (it starts over, from scratch), after the refresh of step 3 (it resumes
+    from step 2 and measures again), and halfway through the resumed run's first write."""
+    data = write_slice(wikitext2_dir, tmp_path / "wt2", {"train": 600, "valid": 200, "test": 200})
+    args = meta_overrides(data, None, **SCRATCH_JOINT)
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert _train(args + [f"hydra.run.dir={full}"]).returncode == 0
+    _killed_then_resumed(args + [f"hydra.run.dir={split}"], split, ["step:1", "step:3", "write:1"])
+    _compare(full, split)

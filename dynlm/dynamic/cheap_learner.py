@@ -72,17 +72,17 @@ class ContextRule(DynEvalRule):
         # [2, tensors, features]: row 0 the log step scale, row 1 the log decay scale; zero = dynamic evaluation
         self.weight = nn.Parameter(torch.zeros(2, n, NUM_FEATURES))
         self.bias = nn.Parameter(torch.zeros(2, n))
-        # per-tensor constants as buffers (one tensor op per segment, not one per tensor): log sqrt(Σ v), the cap
-        log_scale = [0.5 * math.log(float(stats.v[m].double().sum()) + 1e-30) for m in self.names]
-        self.register_buffer("grad_log_scale", torch.tensor(log_scale), persistent=False)
-        cap = [self.max_log_decay[m] for m in self.names]
-        self.register_buffer("log_decay_cap", torch.tensor(cap), persistent=False)
 
-    def _extra_buffers(self, n: str, rms: Tensor) -> None:
-        super()._extra_buffers(n, rms)
-        flush = self.get_buffer("flush__" + buffer_name(n))
-        # s_decay ≤ 1 / max flush keeps every flush ≤ 1 (θ' between θ and θ0) without a per-coordinate clamp
-        self.max_log_decay = {**getattr(self, "max_log_decay", {}), n: -math.log(float(flush.max()))}
+    def _rule_constants(self, stats) -> None:
+        super()._rule_constants(stats)
+        # per-tensor constants as buffers (one tensor op per segment, not one per tensor): log sqrt(Σ v), and the
+        # cap s_decay ≤ 1 / max flush, which keeps every flush ≤ 1 (θ' between θ and θ0) without a per-coordinate
+        # clamp
+        log_scale = [0.5 * math.log(float(stats.v[m].double().sum()) + 1e-30) for m in self.names]
+        cap = [-math.log(float(self.get_buffer("flush__" + buffer_name(m)).max())) for m in self.names]
+        device = stats.v[self.names[0]].device
+        self.register_buffer("grad_log_scale", torch.tensor(log_scale, device=device), persistent=False)
+        self.register_buffer("log_decay_cap", torch.tensor(cap, device=device), persistent=False)
 
     def init_learner_state(self, fast: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         like = next(iter(fast.values()))

@@ -80,16 +80,19 @@ class DynEvalRule(StatsRule):
 
     def __init__(self, names: Sequence[str], stats: GradStats, *, eta: float, lam: float, eps: float,
                  momentum_beta: float, delta_decay: float, whiten: bool, whiten_eps: float):
+        self.whiten_eps = whiten_eps if whiten else None  # before the base's `use_stats`, which reads it
         super().__init__(names, stats, eta=eta, lam=lam, eps=eps)
         self.momentum_beta, self.delta_decay = momentum_beta, delta_decay
         self.takes_inputs = delta_decay > 0  # reading with a graph then records them; without, the factors carry them
-        self.whitened_names = self._whitening_buffers(stats, whiten_eps) if whiten else []
         self.factored_step = FactoredStep()  # what it compiled, and whether compiling failed
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
         self.register_buffer("flush__" + buffer_name(n), krause_flush(rms, self.decay_norm, self.lam),
                              persistent=False)
         self.register_buffer("gain__" + buffer_name(n), krause_gain(rms, self.eta, self.eps), persistent=False)
+
+    def _rule_constants(self, stats: GradStats) -> None:
+        self.whitened_names = [] if self.whiten_eps is None else self._whitening_buffers(stats, self.whiten_eps)
 
     def _whitening_buffers(self, stats: GradStats, eps: float) -> List[str]:
         matrices = [n for n in self.names if stats.v[n].dim() == 2]

@@ -55,12 +55,11 @@ class GatedMetaLearner(StatsRule):
 
     def __init__(self, names: Sequence[str], stats: GradStats, *, eta: float, lam: float, eps: float,
                  update_gate_init: float, hidden: int, tensor_emb: int, momentum: bool, momentum_init: float):
+        # read by the base's `use_stats` (`_extra_buffers`)
+        self.update_init = update_gate_init
+        self.update_gate: Dict[str, float] = {}
         super().__init__(names, stats, eta=eta, lam=lam, eps=eps)
         self.momentum = momentum
-        self.update_init = update_gate_init
-        self.update_gate = {}
-        for n in self.names:
-            self._gate_buffers(n, self.rms(n))
         # α_k = η / u_k: the UPDATE gate of Krause's rule as gates is per tensor (`krause_gate_logits`)
         self.log_alpha = nn.Parameter(torch.tensor([math.log(eta / self.update_gate[n]) for n in self.names]))
         self.tensor_embedding = nn.Embedding(len(self.names), tensor_emb)
@@ -80,7 +79,7 @@ class GatedMetaLearner(StatsRule):
     def prior(self, n: str) -> Tensor:
         return getattr(self, "prior__" + buffer_name(n))
 
-    def _gate_buffers(self, n: str, rms: Tensor) -> None:
+    def _extra_buffers(self, n: str, rms: Tensor) -> None:
         # Krause's rule as prior log-gates, and each tensor's UPDATE gate u (α starts at η / u)
         prior, u = krause_gate_logits(rms, self.decay_norm, self.lam, self.update_init)
         self.update_gate[n] = u

@@ -13,6 +13,8 @@ A rule is an `nn.Module` that one file defines and registers, with its config sc
         takes_factored_gradients = False                # True: reading hands it `FactoredGradient`s where it can
         takes_inputs = False                            # True: forward also gets `inputs=` name -> [B, L, C], what
                                                         # each matrix multiplied, where its gradient is not factored
+        def use_stats(self, stats): ...                 # optional: derive again what it reads from the statistics,
+                                                        # φ kept (`meta.gradstat_refresh` needs it; `StatsRule` has it)
 
 `learned`: its parameters are φ (stage 2 trains them, a checkpoint stores its state dict, evaluation runs it as the
 method `learned`); a fixed rule is run by evaluation and stage 2's validation under its own name. The schema (a

@@ -42,9 +42,14 @@ class StatsRule(nn.Module):
 
     def __init__(self, names: Sequence[str], stats: GradStats, *, eta: float, lam: float, eps: float):
         super().__init__()
-        stats.check_covers(names)
         self.names = list(names)
         self.eta, self.lam, self.eps = eta, lam, eps
+        self.use_stats(stats)
+
+    def use_stats(self, stats: GradStats) -> None:
+        """Derive every constant the rule reads from the statistics `stats`: at construction, and again when they
+        are measured anew on a trained θ0 (`meta.gradstat_refresh`). φ (the parameters) is left as it is."""
+        stats.check_covers(self.names)
         self.mean_rms = stats.mean_rms
         self.mean_v = stats.mean_v
         self.decay_norm = stats.decay_norm
@@ -53,9 +58,13 @@ class StatsRule(nn.Module):
             # Derived from the statistics, which the checkpoint stores: not part of φ's state dict.
             self.register_buffer("rms__" + buffer_name(n), rms, persistent=False)
             self._extra_buffers(n, rms)
+        self._rule_constants(stats)
 
     def _extra_buffers(self, n: str, rms: Tensor) -> None:
         """Further per-coordinate constants derived from the statistics (subclasses)."""
+
+    def _rule_constants(self, stats: GradStats) -> None:
+        """Constants derived from the statistics of every tensor at once, after the per-tensor ones (subclasses)."""
 
     def rms(self, n: str) -> Tensor:
         return getattr(self, "rms__" + buffer_name(n))

@@ -143,6 +143,22 @@ def stored_grad_stats(ckpt: Dict[str, Any], names: Sequence[str], device) -> Opt
     return GradStats.from_state_dict(ckpt["grad_stats"], device).restricted(names)
 
 
+def measure_grad_stats_now(model: nn.Module, names: Sequence[str], split: Split, tokens: Optional[int], streams: int,
+                           seg_len: int, why: str, progress_bar: bool = False) -> GradStats:
+    """`measure_grad_stats` of `model` on `split`, saying `why` (what names the statistics) and how long it took.
+    Not cached: the cache is for the statistics of a checkpoint's weights."""
+    # a request beyond the split reads all of it (measure_grad_stats stops at its end): say so
+    whole = tokens is None or tokens >= split.num_tokens
+    amount = f"all {split.num_tokens}" if whole else f"{tokens}"
+    dist.print0(f"{why}; measuring them on {amount} {split.name} tokens (batches of {streams} streams × {seg_len} "
+                "tokens) ...")
+    started = time.time()
+    with token_bar(min(tokens or split.num_tokens, split.num_tokens), "gradient statistics", progress_bar) as bar:
+        stats = measure_grad_stats(model, names, split.ids, streams, seg_len, tokens, on_batch=bar.update)
+    dist.print0(f"measured on {stats.tokens} {split.name} tokens in {time.time() - started:.0f}s")
+    return stats
+
+
 def grad_stats_for(
     model: nn.Module,
     names: Sequence[str],
@@ -177,20 +193,13 @@ def grad_stats_for(
         dist.print0(f"gradient statistics of {path.name} on {stats.tokens} {split.name} tokens, from the cache "
                     f"{cached}")
         return stats.restricted(names), "cached"
-    # a request beyond the split reads all of it (measure_grad_stats stops at its end): say so
-    whole = tokens is None or tokens >= split.num_tokens
-    amount = f"all {split.num_tokens}" if whole else f"{tokens}"
-    dist.print0(f"{path.name} has no gradient statistics (a stage-1 checkpoint); measuring them on {amount} "
-                f"{split.name} tokens (batches of {streams} streams × {seg_len} tokens) ...")
-    started = time.time()
-    with token_bar(min(tokens or split.num_tokens, split.num_tokens), "gradient statistics", progress_bar) as bar:
-        stats = measure_grad_stats(model, every if cached is not None else names, split.ids, streams, seg_len, tokens,
-                                   on_batch=bar.update)
-    dist.print0(f"measured on {stats.tokens} {split.name} tokens in {time.time() - started:.0f}s")
+    stats = measure_grad_stats_now(model, every if cached is not None else names, split, tokens, streams, seg_len,
+                                   f"{path.name} has no gradient statistics (a stage-1 checkpoint)", progress_bar)
     if cached is not None and dist.is_main() and save_cached(cached, stats):
         dist.print0(f"cached in {cached} (every parameter)")
     return stats.restricted(names), "measured"
 
 
 __all__ = ["check_data_matches", "check_heldout_matches", "check_resumed_data", "grad_stats_for", "holdout_articles",
-           "lm_from_checkpoint", "load_learner", "load_lm", "stored_grad_stats", "CheckpointError"]
+           "lm_from_checkpoint", "load_learner", "load_lm", "measure_grad_stats_now", "stored_grad_stats",
+           "CheckpointError"]

@@ -1,4 +1,5 @@
-"""Stage 2: train the meta-learner φ (docs/design.md §4).
+"""Stage 2: train the meta-learner φ, θ0 with it (`meta.train_static`), or θ0 alone with a fixed rule in the loop
+(joint training, from a stage-1 checkpoint or from scratch: `meta_start.py`) (docs/design.md §4).
 
 B article streams are read in parallel, each with its own dynamic weights. A window is K segments of L
 tokens; each segment is evaluated first and then used for an update, and the meta-loss is the mean segment
@@ -12,31 +13,24 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from .. import dist
 from ..config import ConfigValueError, MetaConfig
-from ..data import HELDOUT, MetaStreams, load_corpus
-from ..dynamic.fast_weights import select_dynamic
+from ..data import MetaStreams
 from ..dynamic.grad_stats import GradStats
 from ..dynamic.reading_state import ReadingState, fresh_state
 from ..dynamic.rules import LEARNED, build_rule, check_rule_config, rule_names
 from ..model import LMState, static_weights
-from ..run.checkpoint import load_checkpoint, load_weights
-from ..run.from_checkpoint import (
-    check_data_matches,
-    check_heldout_matches,
-    check_resumed_data,
-    grad_stats_for,
-    holdout_articles,
-    lm_from_checkpoint,
-)
+from ..run.checkpoint import load_weights
 from ..run.logger import RunLogger
 from ..run.progress import Progress
 from ..run.scaffold import DivergedError, run
 from .estimators import ESTIMATORS, build_estimator
+from .gradstat_refresh import refresh_grad_stats, refresh_interval
 from .meta_learning import MetaLearning
+from .meta_start import meta_split, meta_start
 from .meta_validation import quick_adaptive_valid
 from .meta_window import meta_window
 from .window_report import WindowReport
@@ -82,24 +76,6 @@ def fresh_window_state(ml: MetaLearning, streams: int) -> Tuple[ReadingState, LM
     return state, ml.model.init_state(streams)
 
 
-def meta_split(asked: Optional[str], held: int, resumed: Optional[Dict[str, Any]]) -> str:
-    """The split stage 2 reads: `meta.split`, else (a resumed run) the one it began with, else the held-out
-    articles when stage 1 kept some out (what they are for), else train."""
-    if asked is None and resumed is not None:
-        asked = ((resumed.get("config") or {}).get("meta") or {}).get("split")
-    if asked is None:
-        return HELDOUT if held else "train"
-    if asked not in ("train", HELDOUT):
-        raise ConfigValueError(f"meta.split={asked!r}: use train or {HELDOUT} (valid chooses checkpoints, test "
-                               "reports)")
-    if asked == HELDOUT and not held:
-        raise ConfigValueError(
-            f"meta.split={HELDOUT} but the stage-1 checkpoint kept no articles out. Train stage 1 with "
-            "data.meta_holdout_articles=N, or leave meta.split unset to meta-train on train."
-        )
-    return asked
-
-
 def check_estimator(mc: DictConfig, rule: str, learned: bool) -> None:
     """The estimator exists and can train what the run asks: φ of a learned `rule`, θ0 with `meta.train_static`."""
     if mc.estimator not in ESTIMATORS:
@@ -134,33 +110,15 @@ class MetaTask:
 
     def __init__(self, cfg: DictConfig, device: torch.device, resumed: Optional[Dict[str, Any]],
                  path: Optional[Path], on_window: Optional[WindowHook] = None):
-        mc = cfg.meta
-        check_estimator(mc, cfg.rule.name, check_rule_config(cfg.rule).learned)
-        lm_path = path if resumed is not None else mc.lm_checkpoint
-        if lm_path is None:
-            raise ConfigValueError("stage=meta needs meta.lm_checkpoint=<path to a stage-1 checkpoint (best.pt)>")
-        lm_ckpt = resumed if resumed is not None else load_checkpoint(lm_path, map_location="cpu")
-        model = lm_from_checkpoint(lm_ckpt, lm_path).to(device)
-        # The model and the train/held-out cut are the checkpoint's: record them so this run's checkpoints say so.
-        held = holdout_articles(cfg.data.meta_holdout_articles, lm_ckpt, lm_path)
-        split = meta_split(mc.split, held, resumed)
-        self.cfg = cfg = OmegaConf.merge(cfg, {"model": lm_ckpt["config"]["model"],
-                                               "data": {"meta_holdout_articles": held}, "meta": {"split": split}})
-        mc = cfg.meta
-        # train too: the gradient statistics are measured on what stage 1 trained on, whatever meta.split reads
-        self.corpus = corpus = load_corpus(cfg.data, splits=tuple(dict.fromkeys([split, "train", "valid"])))
-        check_data_matches(lm_ckpt, corpus, lm_path)
-        check_heldout_matches(lm_ckpt, corpus, lm_path)
-        if resumed is not None:
-            check_resumed_data(resumed, corpus, path)
+        check_estimator(cfg.meta, cfg.rule.name, check_rule_config(cfg.rule).learned)
+        start = meta_start(cfg, device, resumed, path)  # a stage-1 checkpoint, the resumed one, or from scratch
+        self.cfg, self.corpus = start.cfg, start.corpus
         self.on_window, self.device = on_window, device
-
-        names = select_dynamic(model, mc.dynamic)
-        self.streams = MetaStreams(corpus.splits[split], mc.batch_size, mc.seg_len, dist.rank(), dist.world_size())
-        stats, _ = grad_stats_for(model, names, lm_ckpt, lm_path, corpus.splits["train"], corpus.checksums["train"],
-                                  mc.gradstat_tokens, mc.gradstat_streams, mc.seg_len, cfg.data.cache_dir,
-                                  progress_bar=cfg.trainer.progress_bar)
-        self.ml = build_meta_learning(mc, cfg.rule, model, names, stats)
+        mc = self.cfg.meta
+        self.streams = MetaStreams(self.corpus.splits[mc.split], mc.batch_size, mc.seg_len, dist.rank(),
+                                   dist.world_size())
+        self.ml = build_meta_learning(mc, self.cfg.rule, start.model, start.names, start.stats)
+        self.refresh = refresh_interval(mc, self.cfg.rule.name, self.ml.learner)
         self.state, self.static_lm = fresh_window_state(self.ml, self.streams.num_local_streams)
         if resumed is not None:
             self._restore(resumed, path)
@@ -190,6 +148,8 @@ class MetaTask:
             self.state = self.on_window(self.state, progress.step)
         self.state, self.static_lm, report = next_window(self.ml, self.streams, progress.position, self.state,
                                                          self.static_lm, int(self.cfg.trainer.seed))
+        if self.refresh and (progress.step + 1) % self.refresh == 0:  # before this step's checkpoint, which stores them
+            refresh_grad_stats(self.ml, self.corpus.splits["train"], progress.step + 1)
         if report.skipped:
             dist.print0(f"step {progress.step}: non-finite meta-gradient or weights; update skipped, "
                         f"{report.reset_streams} stream(s) reset to θ0")
