@@ -6,7 +6,7 @@ the tokens it describes, never a mean of per-article perplexities.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -77,6 +77,12 @@ def method_totals(nll: Tensor, num_words: int, per_word: bool) -> Dict[str, floa
     return out
 
 
+def first_diverged_article(rows: Sequence[dict], method: str) -> Optional[int]:
+    """The first article (of `article_rows`) whose perplexity under `method` is inf or NaN: its losses became NaN,
+    or so large that exp(mean loss) overflows (a mean above 700 nats, where uniform guessing costs ln V); or None."""
+    return next((r["index"] for r in rows if not math.isfinite(r[method]["ppl"])), None)
+
+
 def article_rows(
     losses: Mapping[str, Tensor], article_id: Tensor, titles: Sequence[str], words: Sequence[int]
 ) -> List[dict]:
@@ -116,7 +122,7 @@ def pick_extreme_articles(gain: Tensor, tokens: Tensor, min_tokens: int) -> List
 
 
 __all__ = [
-    "article_rows", "article_totals", "article_word_counts", "bin_centers", "gain_per_token",
+    "article_rows", "article_totals", "article_word_counts", "bin_centers", "first_diverged_article", "gain_per_token",
     "method_totals", "moving_average", "perplexity", "pick_extreme_articles", "position_bin_index",
     "position_bins", "relative_position",
 ]

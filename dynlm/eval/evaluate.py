@@ -30,6 +30,7 @@ from ..run.setup import config_dict, save_resolved_config
 from .aggregate import (
     article_rows,
     bin_centers,
+    first_diverged_article,
     method_totals,
     moving_average,
     position_bins,
@@ -100,8 +101,9 @@ def build_results(cfg, prep: EvalInputs, losses: Dict[str, Tensor], seconds: Dic
     article_id, position = split.article_id[:n], split.position[:n]
     per_word = prep.corpus.tokenizer.kind == "sentencepiece"
     num_words = sum(prep.words)
-    methods = {m: {**method_totals(t, num_words, per_word), "seconds": seconds[m]} for m, t in losses.items()}
     rows = article_rows(losses, article_id, split.titles[: prep.num_articles], prep.words)
+    methods = {m: {**method_totals(t, num_words, per_word), "seconds": seconds[m],
+                   "diverged_at_article": first_diverged_article(rows, m)} for m, t in losses.items()}
     rel = relative_position(position, article_id, split.article_lengths)
     bins = int(cfg.eval.position_bins)
     loss_bins, count = {}, None
@@ -203,6 +205,13 @@ def scalar_metrics(results: dict) -> Dict[str, float]:
     return out
 
 
+DIVERGED_ADVICE = {
+    "dyneval": "its steps are too large for these weights: lower eval.dyneval_eta (or the direction options)",
+    "learned": "the learned rule's steps are too large on this text: compare with dyneval, and retrain or tune "
+               "the rule on it",
+}
+
+
 def print_summary(results: dict, run_dir: Path) -> None:
     print0 = dist.print0
     print0(f"{results['split']}: {results['num_tokens']} tokens, {results['num_articles']} articles "
@@ -210,6 +219,10 @@ def print_summary(results: dict, run_dir: Path) -> None:
     for m, v in results["methods"].items():
         word = f"  word ppl {v['word_ppl']:.2f}" if "word_ppl" in v else ""
         print0(f"  {m:8s} ppl {v['ppl']:10.2f}  loss {v['loss']:.4f}{word}")
+    for m, v in results["methods"].items():
+        if v.get("diverged_at_article") is not None:
+            print0(f"  {m} diverged: its perplexity is not finite from article {v['diverged_at_article']} on; "
+                   f"{DIVERGED_ADVICE.get(m, 'the checkpoint itself gives non-finite losses')}")
     if results.get("grad_stats") and results["grad_stats"]["source"] in ("measured", "cached"):
         stats = results["grad_stats"]
         print0(f"  (the fixed rules used gradient statistics measured on {stats['tokens']} train tokens, "
