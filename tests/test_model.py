@@ -135,6 +135,19 @@ def test_decode_table_first_path_equals_plain_products_first_and_second_order(T,
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("T, B", [(5, 3), (2, 3)])
+def test_decode_with_a_shared_table_and_a_per_stream_bias(T, B):
+    # the adapted set [layers.*, decoder_bias] leaves the table shared and gives each stream its own bias [B, V]:
+    # every path (T·B rows as one matrix, or table-first when few) adds each stream its own bias
+    from dynlm.model.awd_lstm import decode
+
+    torch.manual_seed(0)
+    V, E = 40, 6
+    table, bias = torch.randn(V, E, dtype=torch.float64), torch.randn(B, V, dtype=torch.float64)
+    h = torch.randn(T, B, E, dtype=torch.float64)
+    torch.testing.assert_close(decode(h, table, bias), h @ table.t() + bias.unsqueeze(0))
+
+
 def test_per_stream_lookup_gradient_equals_plain_indexing_first_and_second_order():
     # embed() gives a per-stream table a sparse gradient (added in place to the tied decoder's dense one);
     # it must be the gradient of plain indexing, and stay differentiable under double backward
