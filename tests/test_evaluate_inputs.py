@@ -111,3 +111,25 @@ def test_static_weight_guard_catches_a_change(toy_ckpts):
         prep.model.decoder_bias[0] += 1.0
     with pytest.raises(RuntimeError, match="decoder_bias changed"):
         check_static_weights(prep)
+
+
+def test_eval_dynamic_on_a_stage2_checkpoint_is_refused_only_beside_the_learned_method(toy_ckpts, tmp_path,
+                                                                                      no_long_work):
+    with pytest.raises(EvalConfigError, match=r"with the learned method dyneval adapts the same ones.*"
+                                              r"methods=\[static,dyneval\]"):
+        run([f"checkpoint={toy_ckpts['meta']}", "eval.dynamic=[*]"], tmp_path)
+
+
+def test_every_parameter_dyneval_on_a_stage2_checkpoint_measures_statistics_for_them(toy_ckpts, tmp_path):
+    """A θ0 trained jointly with a restricted adapted set, read by Krause's every-parameter dyneval: the statistics
+    the checkpoint stores cover its own set only, so those of every parameter are measured."""
+    ckpt = load_checkpoint(toy_ckpts["meta"])
+    every = list(ckpt["model"])
+    assert set(ckpt["dynamic_names"]) < set(every)
+    common = [f"checkpoint={toy_ckpts['meta']}", "methods=[static,dyneval]", "eval.progress_bar=false",
+              "eval.max_articles=1", "eval.gradstat_tokens=100", f"data.cache_dir={tmp_path / 'cache'}"]
+    own = evaluate(compose_eval(common), tmp_path / "own")
+    assert own["dyneval"]["adapted"] == ckpt["dynamic_names"] and own["grad_stats"]["source"] == "checkpoint"
+    wide = evaluate(compose_eval([*common, "eval.dynamic=[*]"]), tmp_path / "wide")
+    assert wide["dyneval"]["adapted"] == every and wide["grad_stats"]["source"] == "measured"
+    assert wide["methods"]["dyneval"]["nll"] != own["methods"]["dyneval"]["nll"]

@@ -149,17 +149,21 @@ def meta_settings(ckpt_cfg: Dict[str, Any], has_learner: bool) -> DictConfig:
     return OmegaConf.merge(schema, _known(ckpt_cfg.get("meta"), MetaConfig)) if has_learner else schema
 
 
-def dynamic_names(model, ckpt: Dict[str, Any], patterns: Optional[List[str]], path: Path) -> List[str]:
+def dynamic_names(model, ckpt: Dict[str, Any], patterns: Optional[List[str]], path: Path, learned: bool) -> List[str]:
     """The adapted parameters: a stage-2 checkpoint's (dyneval then adapts what its meta-learner adapts), else
-    those `eval.dynamic` names (default: all of them, as Krause did)."""
+    those `eval.dynamic` names (default: all of them, as Krause did). Without the learned method, `eval.dynamic`
+    also chooses them on a stage-2 checkpoint: Krause's every-parameter dyneval on a θ0 trained jointly with a
+    restricted adapted set."""
     stored = ckpt.get("dynamic_names")
     if stored is None:
         return select_dynamic(model, list(patterns) if patterns is not None else ["*"])
     if patterns is not None and select_dynamic(model, list(patterns)) != list(stored):
+        if not learned:
+            return select_dynamic(model, list(patterns))
         raise EvalConfigError(
             f"eval.dynamic={list(patterns)} differs from the parameters the meta-learner of {path} adapts "
-            f"({list(stored)}): on a stage-2 checkpoint dyneval adapts the same ones. Leave eval.dynamic unset, or "
-            "evaluate the stage-1 checkpoint it started from."
+            f"({list(stored)}): with the learned method dyneval adapts the same ones, so that the two compare like "
+            "for like. Leave eval.dynamic unset, or leave learned out of methods (methods=[static,dyneval])."
         )
     own = dict(model.named_parameters())
     missing = [n for n in stored if n not in own]
@@ -214,7 +218,7 @@ def load_inputs(cfg: DictConfig) -> EvalInputs:
     fixed_rules = {m: fixed_rule_settings(m, learned_rule, e) for m in methods if m in rule_names(learned=False)}
     names = stats = learner = None
     if len(methods) > 1:
-        names = dynamic_names(model, ckpt, e.dynamic, path)
+        names = dynamic_names(model, ckpt, e.dynamic, path, LEARNED in methods)
         stats = stored_grad_stats(ckpt, names, device)
         if LEARNED in methods:
             if stats is None:

@@ -137,8 +137,9 @@ def load_learner(ckpt: Dict[str, Any], names: Sequence[str], stats: GradStats, p
 
 
 def stored_grad_stats(ckpt: Dict[str, Any], names: Sequence[str], device) -> Optional[GradStats]:
-    """The statistics the checkpoint carries (stage 2 stores them), or None (a stage-1 checkpoint)."""
-    if ckpt.get("grad_stats") is None:
+    """The statistics the checkpoint carries (stage 2 stores them), or None: a stage-1 checkpoint, or `names` that
+    its stage 2 did not adapt (`eval.dynamic` on a stage-2 checkpoint)."""
+    if ckpt.get("grad_stats") is None or not set(names) <= set(ckpt["grad_stats"]["v"]):
         return None
     return GradStats.from_state_dict(ckpt["grad_stats"], device).restricted(names)
 
@@ -194,7 +195,8 @@ def grad_stats_for(
                     f"{cached}")
         return stats.restricted(names), "cached"
     stats = measure_grad_stats_now(model, every if cached is not None else names, split, tokens, streams, seg_len,
-                                   f"{path.name} has no gradient statistics (a stage-1 checkpoint)", progress_bar)
+                                   f"{path.name} has no gradient statistics" + (" (a stage-1 checkpoint)" if ckpt.get(
+                                       "grad_stats") is None else " of every parameter adapted here"), progress_bar)
     if cached is not None and dist.is_main() and save_cached(cached, stats):
         dist.print0(f"cached in {cached} (every parameter)")
     return stats.restricted(names), "measured"
