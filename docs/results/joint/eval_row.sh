@@ -1,12 +1,12 @@
 #!/bin/bash
 # One row of the #25 experiment: Krause's grid (a 12-setting part of it) on the first 4 valid articles (grid ->
 # chosen.json), then the whole valid split (valid), then, for the rows selected on valid, the whole test split (test).
-# usage: eval_row.sh ROW CHECKPOINT CORE PARTS  (PARTS: any of grid (-> chosen.json), valid (whole valid), test (whole test), e.g. grid+valid)
+# usage: [CODE=worktree] [EVAL_EXTRA=overrides] eval_row.sh ROW CHECKPOINT CORE PARTS  (PARTS: any of grid (-> chosen.json), valid (whole valid), test (whole test), e.g. grid+valid)
 set -e
 ROW=$1 CKPT=$2 CORE=$3 PARTS=$4
-cd /work/exp/code-joint; export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled
+cd ${CODE:-/work/exp/code-joint}; export PYTHONPATH=$PWD OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=disabled
 D=/work/exp/joint/eval/$ROW; mkdir -p $D
-E="taskset -c $CORE python scripts/evaluate.py -m checkpoint=$CKPT data.dir=../shared/data/wikitext-2 eval.progress_bar=false"
+E="taskset -c $CORE python scripts/evaluate.py -m checkpoint=$CKPT data.dir=../shared/data/wikitext-2 eval.progress_bar=false $EVAL_EXTRA"
 if [[ $PARTS == *grid* ]]; then
 $E split=valid 'methods=[dyneval]' eval.max_articles=4 eval.dyneval_eta=3e-5,5e-5,7e-5,1e-4 eval.dyneval_lam=5e-4,0.001,0.002 \
    hydra.sweep.dir=$D/grid > $D/grid.log 2>&1
