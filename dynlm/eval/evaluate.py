@@ -219,7 +219,6 @@ def print_summary(results: dict, run_dir: Path) -> None:
     for m, v in results["methods"].items():
         word = f"  word ppl {v['word_ppl']:.2f}" if "word_ppl" in v else ""
         print0(f"  {m:8s} ppl {v['ppl']:10.2f}  loss {v['loss']:.4f}{word}")
-    for m, v in results["methods"].items():
         if v.get("diverged_at_article") is not None:
             print0(f"  {m} diverged: its perplexity is not finite from article {v['diverged_at_article']} on; "
                    f"{DIVERGED_ADVICE.get(m, 'the checkpoint itself gives non-finite losses')}")

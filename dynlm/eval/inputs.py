@@ -157,9 +157,10 @@ def dynamic_names(model, ckpt: Dict[str, Any], patterns: Optional[List[str]], pa
     stored = ckpt.get("dynamic_names")
     if stored is None:
         return select_dynamic(model, list(patterns) if patterns is not None else ["*"])
-    if patterns is not None and select_dynamic(model, list(patterns)) != list(stored):
+    chosen = select_dynamic(model, list(patterns)) if patterns is not None else None
+    if chosen is not None and chosen != list(stored):
         if not learned:
-            return select_dynamic(model, list(patterns))
+            return chosen
         raise EvalConfigError(
             f"eval.dynamic={list(patterns)} differs from the parameters the meta-learner of {path} adapts "
             f"({list(stored)}): with the learned method dyneval adapts the same ones, so that the two compare like "

@@ -60,10 +60,10 @@ def decode(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     elif weight.dim() == 2:
         # as one [T·B, E] matrix: F.linear of a non-contiguous 3-d `h` (per-stream LSTM output) is a bmm against the
         # table broadcast per stream, which reads it B times
-        shared_bias = bias if bias.dim() == 1 else None
-        logits = F.linear(h.reshape(-1, h.shape[-1]), weight, shared_bias).view(*h.shape[:-1], -1)
-        if shared_bias is not None:
-            return logits
+        flat = h.reshape(-1, h.shape[-1])
+        if bias.dim() == 1:  # the bias fused into the product
+            return F.linear(flat, weight, bias).view(*h.shape[:-1], -1)
+        logits = F.linear(flat, weight).view(*h.shape[:-1], -1)  # a per-stream bias [B, V], added below
     else:
         logits = torch.einsum("tbe,bve->tbv", h, weight)
     return logits + (bias.unsqueeze(0) if bias.dim() == 2 else bias)

@@ -194,9 +194,9 @@ def grad_stats_for(
         dist.print0(f"gradient statistics of {path.name} on {stats.tokens} {split.name} tokens, from the cache "
                     f"{cached}")
         return stats.restricted(names), "cached"
+    lacking = " (a stage-1 checkpoint)" if ckpt.get("grad_stats") is None else " of every parameter adapted here"
     stats = measure_grad_stats_now(model, every if cached is not None else names, split, tokens, streams, seg_len,
-                                   f"{path.name} has no gradient statistics" + (" (a stage-1 checkpoint)" if ckpt.get(
-                                       "grad_stats") is None else " of every parameter adapted here"), progress_bar)
+                                   f"{path.name} has no gradient statistics{lacking}", progress_bar)
     if cached is not None and dist.is_main() and save_cached(cached, stats):
         dist.print0(f"cached in {cached} (every parameter)")
     return stats.restricted(names), "measured"
